@@ -1,0 +1,140 @@
+"""Prepare a text for character-level training: vocabulary, token ids, 90/10 split.
+
+    python data/prepare.py                                   # tiny Shakespeare -> data/
+    python data/prepare.py --input my.txt --out-dir data/my  # any UTF-8 text
+
+Reads data/input.txt (downloading tiny Shakespeare from the char-rnn repository when it is
+absent, and checking its sha256), or the UTF-8 file given with --input. Writes into --out-dir:
+train.bin and val.bin (token ids, little-endian uint16, or uint32 for vocabularies over
+65,535 characters) and meta.json (the vocabulary, the dtype and the counts).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+MIN_CHARS = 100  # shorter texts leave too little to split into train and validation batches
+
+
+class DataError(ValueError):
+    """Input text that cannot be prepared; the message says what to do."""
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def download_shakespeare(dest: Path) -> None:
+    """Download tiny Shakespeare to dest (atomically) and verify its checksum."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    print(f"downloading {SHAKESPEARE_URL} -> {dest}")
+    try:
+        urllib.request.urlretrieve(SHAKESPEARE_URL, tmp)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(
+            f"{dest} does not exist and the download failed ({e}). Download {SHAKESPEARE_URL} "
+            f"yourself and save it as {dest}, or pass --input PATH to use another text."
+        ) from e
+    digest = sha256(tmp)
+    if digest != SHAKESPEARE_SHA256:
+        tmp.unlink()
+        raise DataError(f"downloaded file has sha256 {digest}, expected {SHAKESPEARE_SHA256}; try again")
+    os.replace(tmp, dest)
+
+
+def read_text(path: Path) -> str:
+    if not path.is_file():
+        raise DataError(f"no input text at {path}: pass --input PATH to a UTF-8 text file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path} is not UTF-8 text ({e.reason} at byte {e.start}). Convert it, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path} > {path.stem}.utf8.txt`."
+        ) from e
+    if len(text) < MIN_CHARS:
+        what = "empty" if not text else f"only {len(text)} characters long"
+        raise DataError(f"{path} is {what}; a text of at least {MIN_CHARS} characters is needed")
+    return text
+
+
+def split(n: int, train_fraction: float = 0.9) -> int:
+    """Index where validation starts: the first 90% trains, the last 10% validates."""
+    return int(n * train_fraction)
+
+
+def prepare(text: str, out_dir: Path) -> dict:
+    """Encode `text` by character, split it 90/10 and write train.bin, val.bin, meta.json."""
+    vocab = "".join(sorted(set(text)))
+    stoi = {ch: i for i, ch in enumerate(vocab)}
+    dtype = np.uint16 if len(vocab) <= 2**16 else np.uint32
+    ids = np.fromiter((stoi[ch] for ch in text), dtype=dtype, count=len(text))
+    n = split(len(ids))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "vocab": vocab,
+        "vocab_size": len(vocab),
+        "dtype": np.dtype(dtype).name,
+        "num_chars": len(text),
+        "train_tokens": n,
+        "val_tokens": len(ids) - n,
+    }
+    for name, part in (("train.bin", ids[:n]), ("val.bin", ids[n:])):
+        tmp = out_dir / (name + ".tmp")
+        part.astype(np.dtype(dtype).newbyteorder("<")).tofile(tmp)
+        os.replace(tmp, out_dir / name)
+    (out_dir / "meta.json.tmp").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(out_dir / "meta.json.tmp", out_dir / "meta.json")  # last: its presence means the rest is complete
+    return meta
+
+
+def load_meta(data_dir: Path) -> dict:
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        raise DataError(f"no prepared data in {data_dir} (meta.json missing). Run `python data/prepare.py` first.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_split(data_dir: Path, name: str) -> np.ndarray:
+    """Memory-map train.bin or val.bin of a prepared folder."""
+    meta = load_meta(data_dir)
+    path = Path(data_dir) / f"{name}.bin"
+    if not path.is_file() or path.stat().st_size == 0:
+        raise DataError(f"{path} is missing or empty. Run `python data/prepare.py` again.")
+    return np.memmap(path, dtype=np.dtype(meta["dtype"]).newbyteorder("<"), mode="r")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--input", type=Path, default=None, help="a UTF-8 text file (default: data/input.txt, tiny Shakespeare)")
+    ap.add_argument("--out-dir", type=Path, default=HERE, help="where to write train.bin, val.bin, meta.json (default: data/)")
+    args = ap.parse_args(argv)
+    try:
+        path = args.input
+        if path is None:
+            path = HERE / "input.txt"
+            if not path.exists():
+                download_shakespeare(path)
+        text = read_text(path)
+        meta = prepare(text, args.out_dir)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{path}: {meta['num_chars']:,} characters, vocabulary of {meta['vocab_size']}")
+    print(f"train: {meta['train_tokens']:,} tokens, val: {meta['val_tokens']:,} tokens -> {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,468 @@
+"""A character-level GPT-2: the model, its tokenizer, and fast streaming generation.
+
+This file is pure: it builds modules and nothing else (no file I/O beyond the Hugging Face
+save/load methods, no globals read, no work at import). It ships to a Hugging Face Space
+beside app.py, so it needs only torch, huggingface_hub and safetensors.
+
+    from model_gpt2 import load_model
+    model = load_model("out")                       # a folder written by train_gpt2.py, or "ORG/NAME" on the Hub
+    print(model.generate_text("ROMEO:", max_new_tokens=200, temperature=0.8, seed=0))
+
+The architecture is exactly GPT-2's (transformers' GPT2LMHeadModel) with nanoGPT's parameter
+names, so weights map one-to-one onto both (transformers stores Linear weights as Conv1D,
+i.e. transposed).
+"""
+
+import math
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub.errors import HfHubHTTPError
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    """The architecture. Saved as config.json beside the weights."""
+
+    block_size: int = 256  # context length: the most positions the model ever sees
+    vocab_size: int = 65
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = True  # GPT-2 has biases in Linears and LayerNorms
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
+                f"each head gets n_embd / n_head dimensions. Try n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+
+class CharTokenizer:
+    """Characters <-> integer ids. The vocabulary is the sorted unique characters of a text.
+
+    errors="strict" raises on a character outside the vocabulary (naming it);
+    "drop" leaves such characters out; "replace" maps them to `replacement`.
+    """
+
+    def __init__(self, vocab: str):
+        if not vocab:
+            raise ValueError("the vocabulary is empty: build it from a non-empty text")
+        if len(set(vocab)) != len(vocab):
+            raise ValueError("the vocabulary has repeated characters")
+        self.vocab = vocab
+        self.stoi = {ch: i for i, ch in enumerate(vocab)}
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        return cls("".join(sorted(set(text))))
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def unknown_chars(self, text: str) -> list[str]:
+        """The distinct characters of `text` that are not in the vocabulary, in order of appearance."""
+        return list(dict.fromkeys(ch for ch in text if ch not in self.stoi))
+
+    def encode(self, text: str, errors: str = "strict", replacement: str | None = None) -> list[int]:
+        if errors not in ("strict", "drop", "replace"):
+            raise ValueError(f"errors must be 'strict', 'drop' or 'replace', got {errors!r}")
+        unknown = self.unknown_chars(text)
+        if unknown and errors == "strict":
+            shown = ", ".join(repr(ch) for ch in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            raise ValueError(
+                f"{len(unknown)} character(s) not in the model's vocabulary of {len(self)}: {shown}. "
+                "Remove them, or encode with errors='drop' or errors='replace'."
+            )
+        if errors == "replace":
+            if replacement is None:
+                replacement = " " if " " in self.stoi else self.vocab[0]
+            if replacement not in self.stoi:
+                raise ValueError(f"replacement {replacement!r} is not in the vocabulary")
+            return [self.stoi.get(ch, self.stoi[replacement]) for ch in text]
+        return [self.stoi[ch] for ch in text if ch in self.stoi]
+
+    def decode(self, ids) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return "".join(self.vocab[i] for i in ids)
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for `max_len` positions (nanochat-style).
+
+    Prefill writes the prompt's keys/values once; each decode step appends one position.
+    `pos` counts the positions already written.
+    """
+
+    def __init__(self, n_layer, batch_size, n_head, max_len, head_dim, device, dtype):
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.pos = 0
+
+    def reset(self):
+        self.pos = 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, nh, T, hs) at pos..pos+T of `layer`; return all keys/values so far."""
+        t = k.size(2)
+        end = self.pos + t
+        if end > self.max_len:
+            raise RuntimeError(f"KV cache overflow: {end} positions > {self.max_len}")
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.n_head = config.n_head
+        self.layer_idx = layer_idx
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, kv_cache: KVCache | None = None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, nh, T, hs)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        mask, causal = None, True
+        if kv_cache is not None:
+            start = kv_cache.pos
+            k, v = kv_cache.append(self.layer_idx, k, v)  # (B, nh, start+T, hs)
+            if T == 1:
+                causal = False  # one new query attends to every cached position
+            elif start > 0:
+                # several new queries after a non-empty cache: query i sees keys <= start + i
+                causal = False
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        # flash / memory-efficient attention where available; no mask buffer in the state dict
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache: KVCache | None = None):
+        x = x + self.attn(self.ln_1(x), kv_cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class GPT(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="char-gpt",
+    tags=["gpt2", "character-level", "text-generation", "tiny-shakespeare"],
+    license="mit",
+    pipeline_tag="text-generation",
+):
+    """GPT-2 language model over characters.
+
+    `config` is the architecture; `vocab` the characters of the tokenizer (the vocabulary is part
+    of the model: ids mean nothing without it); `train_info` optional facts about training
+    (val loss, tokens seen...) saved in config.json for the model card and the app.
+    """
+
+    def __init__(self, config: GPTConfig, vocab: str | None = None, train_info: dict | None = None):
+        super().__init__()
+        if vocab is not None and len(vocab) != config.vocab_size:
+            raise ValueError(f"vocab has {len(vocab)} characters but config.vocab_size is {config.vocab_size}")
+        self.config = config
+        self.tokenizer = CharTokenizer(vocab) if vocab else None
+        self.train_info = dict(train_info or {})
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2
+        self.apply(self._init_weights)
+        # scaled init: each block adds two residual projections, so the residual stream's
+        # variance grows with depth; GPT-2 scales those weights by 1/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (tied weights counted once); non_embedding drops the position embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
+        """idx (B, T) token ids -> (logits (B, T, vocab), loss or None).
+
+        With a kv_cache, idx holds only the new tokens; their positions start at kv_cache.pos.
+        """
+        B, T = idx.size()
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} positions is longer than block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW; weight decay on matrices and embeddings (>= 2-D), not on biases or LayerNorms."""
+        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        decay = [p for p in params.values() if p.dim() >= 2]
+        no_decay = [p for p in params.values() if p.dim() < 2]
+        # every parameter in exactly one group (tied weights appear once in named_parameters)
+        grouped = {id(p) for p in decay} | {id(p) for p in no_decay}
+        assert len(grouped) == len(decay) + len(no_decay) == len(params), "a parameter is in two groups or none"
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        # the fused kernel does the whole update in one launch per group on CUDA
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+
+    # ---------------------------------------------------------------- generation
+
+    def _new_cache(self, batch_size: int) -> KVCache:
+        c = self.config
+        p = self.lm_head.weight
+        return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, p.device, p.dtype)
+
+    @torch.inference_mode()
+    def stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (token ids (B,), their probabilities (B,)) one step at a time.
+
+        Context past block_size: the model never sees more than block_size positions. When the
+        window would overflow, it slides to the last `block_size - shift` tokens
+        (shift = block_size // 4) and those are re-prefilled once; then decoding resumes one
+        token per step. So each token is predicted from at least 3/4 of a full context, and a
+        re-prefill happens once every `shift` tokens. use_cache=False runs the very same
+        strategy by recomputing the whole window at every step (for tests and benchmarks).
+        The probability is the one the model gave the token (softmax of the raw logits).
+        """
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
+        if idx.dim() != 2 or idx.size(1) < 1:
+            raise ValueError("idx must be a (batch, time) tensor of token ids with at least one token")
+        if generator is None and seed is not None:
+            generator = torch.Generator(device=idx.device).manual_seed(seed)
+        block = self.config.block_size
+        shift = max(1, block // 4)
+        was_training = self.training
+        self.eval()
+        try:
+            seq = idx
+            start = max(0, seq.size(1) - block)
+            cache = self._new_cache(idx.size(0)) if use_cache else None
+            logits = self(seq[:, start:], kv_cache=cache)[0][:, -1]
+            for i in range(max_new_tokens):
+                nxt = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
+                prob = torch.softmax(logits.float(), dim=-1).gather(1, nxt).squeeze(1)
+                yield nxt.squeeze(1), prob
+                if i == max_new_tokens - 1:
+                    break
+                seq = torch.cat((seq, nxt), dim=1)
+                if seq.size(1) - start > block:  # window full: slide and re-prefill
+                    start = seq.size(1) - (block - shift)
+                    if cache is not None:
+                        cache.reset()
+                    logits = self(seq[:, start:], kv_cache=cache)[0][:, -1]
+                elif cache is not None:
+                    logits = self(nxt, kv_cache=cache)[0][:, -1]  # decode: one new position
+                else:
+                    logits = self(seq[:, start:])[0][:, -1]  # full recompute of the window
+        finally:
+            self.train(was_training)
+
+    @torch.inference_mode()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, use_cache=True):
+        """nanoGPT's signature: idx (B, T) -> (B, T + max_new_tokens), using the KV cache."""
+        out = [idx] + [t.unsqueeze(1) for t, _ in self.stream(idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache=use_cache)]
+        return torch.cat(out, dim=1)
+
+    def encode_prompt(self, prompt: str, errors: str = "strict") -> torch.Tensor:
+        """A (1, T) tensor of the prompt's ids on the model's device. An empty prompt means ' '."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no vocabulary: build it with GPT(config, vocab=...)")
+        ids = self.tokenizer.encode(prompt or " ", errors=errors)
+        if not ids:
+            ids = self.tokenizer.encode(" ", errors="replace")
+        return torch.tensor([ids], dtype=torch.long, device=self.lm_head.weight.device)
+
+    def stream_text(self, prompt: str, max_new_tokens: int, errors: str = "strict", **sampling) -> Iterator[tuple[str, float]]:
+        """Yield (character, probability) for one sample, as it is generated."""
+        for tok, prob in self.stream(self.encode_prompt(prompt, errors), max_new_tokens, **sampling):
+            yield self.tokenizer.vocab[tok.item()], prob.item()
+
+    def generate_text(self, prompt: str, max_new_tokens: int, num_samples: int = 1, errors: str = "strict", **sampling):
+        """The prompt followed by its continuation; a list of num_samples strings if num_samples > 1."""
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        idx = self.encode_prompt(prompt, errors).repeat(num_samples, 1)
+        texts = [self.tokenizer.decode(row) for row in self.generate(idx, max_new_tokens, **sampling)]
+        return texts[0] if num_samples == 1 else texts
+
+    # ---------------------------------------------------------------- save / load
+
+    def hub_config(self) -> dict:
+        """What config.json holds: the architecture, the vocabulary and the training facts."""
+        return {**asdict(self.config), "vocab": self.tokenizer.vocab if self.tokenizer else None, "train_info": self.train_info}
+
+    def save_pretrained(self, save_directory, **kwargs):
+        kwargs.setdefault("config", self.hub_config())
+        return super().save_pretrained(save_directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load from a folder written by save_pretrained, or a Hub repo id "ORG/NAME". Strict: every
+        weight must match the architecture in config.json."""
+        name = str(pretrained_model_name_or_path)
+        if not os.path.isdir(name):
+            if os.path.exists(name) or not _REPO_ID.match(name) or name.startswith((".", "/", "~")):
+                raise FileNotFoundError(
+                    f"no model folder at {name!r}. Train one with `python train_gpt2.py --out-dir {name}`, "
+                    "or pass a Hub repo id like ORG/NAME."
+                )
+        else:
+            missing = [f for f in ("config.json", "model.safetensors") if not (Path(name) / f).is_file()]
+            if missing:
+                raise ValueError(
+                    f"{name!r} is not a saved GPT model: {' and '.join(missing)} missing. "
+                    "A model folder is written by train_gpt2.py --out-dir or GPT.save_pretrained()."
+                )
+        kwargs["strict"] = True
+        try:
+            return super().from_pretrained(name, **kwargs)
+        except (OSError, HfHubHTTPError) as e:  # not found, offline, no permission, no network
+            if os.path.isdir(name):
+                raise
+            raise OSError(
+                f"could not load {name!r} from the Hugging Face Hub ({type(e).__name__}). Check the repo id, "
+                "your connection and, for a private repo, your token (`hf auth login`). "
+                "Offline, HF_HUB_OFFLINE=1 uses the local cache."
+            ) from e
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id, **kwargs):
+        config = kwargs.get("config")
+        if not isinstance(config, GPTConfig) or not kwargs.get("vocab"):
+            raise ValueError(
+                f"{model_id!r} is not a model saved by model_gpt2: its config.json lacks the GPT architecture "
+                f"({', '.join(f.name for f in fields(GPTConfig))}) or the vocabulary."
+            )
+        try:
+            return super()._from_pretrained(model_id=model_id, **kwargs)
+        except RuntimeError as e:
+            raise ValueError(f"the weights in {model_id!r} do not match its config.json: {e}") from e
+
+
+def check_sampling(max_new_tokens, temperature, top_k, top_p):
+    """Raise ValueError naming the parameter and its valid range."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool)):
+        raise ValueError(f"top_k must be an integer (<= 0 or None = all tokens), got {top_k!r}")
+    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1] (None = no nucleus cut), got {top_p!r}")
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """logits (B, V) -> next ids (B, 1). temperature 0 = argmax; top_k keeps exactly k candidates
+    (ties broken by index); top_p keeps the smallest set whose probability reaches p."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and 0 < top_k < logits.size(-1):
+        kept = torch.topk(logits, top_k, dim=-1).indices
+        logits = torch.full_like(logits, float("-inf")).scatter(1, kept, logits.gather(1, kept))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already >= p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def load_model(name_or_path, device: str | torch.device = "cpu") -> GPT:
+    """The one loader every entry point uses: training resume, sampling, the app, the notebooks."""
+    model = GPT.from_pretrained(name_or_path, map_location=str(device))
+    return model.to(device).eval()

@@ -1,0 +1,678 @@
+"""Train a character-level GPT-2 on a prepared text, keeping the best model by validation loss.
+
+    python data/prepare.py                                   # once: tiny Shakespeare -> data/
+    python train_gpt2.py --preset cpu --out-dir out          # a few minutes on a 2-core CPU
+    python train_gpt2.py --preset shakespeare-char --out-dir out-sc        # a GPU (Colab T4, A100...)
+    python train_gpt2.py --out-dir out --resume              # continue a run from its last evaluation
+    torchrun --standalone --nproc_per_node=2 train_gpt2.py --preset cpu --out-dir out   # data parallel
+    python train_gpt2.py --help                              # every flag, with its default
+
+The out-dir holds the best-by-validation model in Hugging Face format (config.json,
+model.safetensors, README.md: `GPT.from_pretrained(out_dir)` and app.py take the folder),
+resume.safetensors (the latest state: weights, optimizer, step, RNG, config), metrics.jsonl
+(one JSON object per log or eval line) and loss.png.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from data.prepare import DataError, load_meta, load_split
+from model_gpt2 import GPT, GPTConfig, load_model
+
+ARCH_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
+
+
+@dataclass
+class TrainConfig:
+    """Every field is a command-line flag: --n-layer, --learning-rate, ..."""
+
+    # data and output
+    data_dir: str = "data"  # folder written by data/prepare.py
+    out_dir: str = "out"  # best model + resume state + metrics go here
+    resume: bool = False  # continue the run saved in out_dir
+    # model (GPT-2 architecture)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    dropout: float = 0.0
+    bias: bool = True
+    # optimisation
+    batch_size: int = 12  # sequences per micro-batch per process
+    grad_accum_steps: int = 1  # micro-batches per step, summed over all processes
+    learning_rate: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-4  # the cosine schedule ends here
+    warmup_iters: int = 100  # linear warmup steps
+    max_iters: int = 2000  # optimizer steps in total
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
+    # evaluation and logging
+    eval_interval: int = 250  # steps between evaluations (and checkpoints)
+    eval_iters: int = 20  # batches per split in each evaluation
+    log_interval: int = 10  # steps between log lines
+    sample_chars: int = 300  # characters of each sample printed at the end (0 = none)
+    # system
+    device: str = "auto"  # auto = cuda > mps > cpu
+    dtype: str = "auto"  # auto = bf16 on CUDA with compute capability >= 8, fp16 on older CUDA, fp32 otherwise
+    compile: bool = False  # torch.compile the model (falls back to eager if compilation fails)
+    seed: int = 1337
+    max_nonfinite_steps: int = 5  # stop after this many non-finite losses in a row
+    push_to_hub: str = ""  # ORG/NAME: push the best model to the Hub at the end
+
+
+# Flags override the preset; the preset overrides the defaults above.
+PRESETS = {
+    # a small model that trains on a 2-core CPU in a few minutes
+    "cpu": dict(
+        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch_size=12,
+        learning_rate=4e-3, min_lr=4e-4, warmup_iters=100, max_iters=2000, eval_interval=250, eval_iters=20,
+    ),
+    # nanoGPT's shakespeare-char GPU recipe: 10.7M parameters
+    "shakespeare-char": dict(
+        n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=64,
+        learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=5000, eval_interval=250, eval_iters=200,
+    ),
+    # the course's GPT-2 124M (12 layers, 12 heads, 768 dim, context 1024)
+    "gpt2-124m": dict(
+        n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.2, batch_size=8, grad_accum_steps=4,
+        learning_rate=3e-4, min_lr=3e-5, warmup_iters=200, max_iters=3000, eval_interval=250, eval_iters=50,
+    ),
+}  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A bad flag, data set or out-dir, found before any work; the message says how to fix it."""
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per TrainConfig field, named after it, with its type, default and help."""
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help="start from a recipe; flags override it")
+    comments = _field_comments()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = comments.get(f.name, " ")
+        if f.type is bool:
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            ap.add_argument(flag, type=f.type, default=f.default, metavar=f.type.__name__.upper(), help=help_text)
+    return ap
+
+
+def _field_comments() -> dict:
+    """The trailing comments of TrainConfig's fields, used as --help text."""
+    import inspect
+
+    out = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        name, _, rest = line.strip().partition(":")
+        if "#" in rest and name.isidentifier():
+            out[name] = rest.split("#", 1)[1].strip()
+    return out
+
+
+def parse_args(argv=None) -> TrainConfig:
+    ap = build_parser()
+    preset = ap.parse_known_args(argv)[0].preset
+    if preset:  # preset values become the defaults, so explicit flags still win
+        ap.set_defaults(**PRESETS[preset])
+    args = vars(ap.parse_args(argv))
+    args.pop("preset")
+    return TrainConfig(**args)
+
+
+def config_from_preset(preset: str | None = None, **overrides) -> TrainConfig:
+    """The Python API's equivalent of `--preset NAME --flag value ...`."""
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return TrainConfig(**{**(PRESETS[preset] if preset else {}), **overrides})
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
+    try:
+        return GPTConfig(
+            block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+            n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
+        )  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(f"{e} (set with --{str(e).split()[0].replace('_', '-')})") from e
+
+
+def check_config(cfg: TrainConfig, world_size: int) -> None:
+    positive = ("batch_size", "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if not cfg.learning_rate > 0 or not 0 <= cfg.min_lr <= cfg.learning_rate:
+        raise ConfigError(f"need 0 < --learning-rate and 0 <= --min-lr <= --learning-rate, got {cfg.learning_rate} and {cfg.min_lr}")
+    if cfg.warmup_iters < 0 or cfg.grad_clip < 0 or cfg.weight_decay < 0:
+        raise ConfigError("--warmup-iters, --grad-clip and --weight-decay must be >= 0")
+    if cfg.grad_accum_steps % world_size:
+        raise ConfigError(
+            f"--grad-accum-steps {cfg.grad_accum_steps} must be a multiple of the number of processes ({world_size}): "
+            "it counts micro-batches per step over all processes"
+        )
+    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"--dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
+    if cfg.push_to_hub and cfg.push_to_hub.count("/") != 1:
+        raise ConfigError(f"--push-to-hub takes a repo id ORG/NAME, got {cfg.push_to_hub!r}")
+
+
+def check_out_dir(out_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite anything: a fresh run needs an empty or new folder; --resume needs a run."""
+    if resume:
+        if not (out_dir / "resume.safetensors").is_file():
+            raise ConfigError(f"--resume: {out_dir} holds no training run (no resume.safetensors). Drop --resume to start one.")
+        return
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out-dir {out_dir} is a file; choose a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if (out_dir / "resume.safetensors").exists() or (out_dir / "config.json").exists():
+            raise ConfigError(f"{out_dir} already holds a training run: pass --resume to continue it, or choose another --out-dir")
+        raise ConfigError(f"{out_dir} is not empty and holds other files; choose an empty or new --out-dir")
+
+
+# ---------------------------------------------------------------------------- devices
+
+
+def pick_device(requested: str = "auto") -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str, requested: str = "auto") -> torch.dtype:
+    """fp32 on CPU/MPS (bf16 on a CPU without bf16 units is ~100x slower); bf16 on Ampere+, else fp16."""
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    return torch.float32
+
+
+def autocast_context(device: str, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+def hardware_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads" if device == "cpu" else device
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def batch_starts(n_tokens: int, block_size: int, batch_size: int, seed_words: list[int]) -> np.ndarray:
+    """Random window starts, a pure function of the seed words: batches need no saved state, so a
+    resumed run and every process of a distributed run draw exactly the batches they should."""
+    return np.random.default_rng(seed_words).integers(0, n_tokens - block_size, size=batch_size)
+
+
+def make_batch(data: np.ndarray, starts: np.ndarray, block_size: int, device: str):
+    """(B, T) inputs and the (B, T) next characters as targets."""
+    windows = np.stack([data[s : s + block_size + 1] for s in starts]).astype(np.int64)
+    xy = torch.from_numpy(windows)
+    if device.startswith("cuda"):
+        xy = xy.pin_memory().to(device, non_blocking=True)
+    else:
+        xy = xy.to(device)
+    return xy[:, :-1], xy[:, 1:]
+
+
+def get_lr(it: int, cfg: TrainConfig) -> float:
+    """Linear warmup (non-zero at step 0), then cosine decay to min_lr at max_iters."""
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= cfg.max_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+@torch.no_grad()
+def estimate_loss(model, batches, autocast) -> float:
+    """Mean loss over a fixed list of (x, y) batches, in eval mode (no dropout)."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    for x, y in batches:
+        with autocast:
+            losses.append(model(x, y)[1].item())
+    model.train(was_training)
+    return float(np.mean(losses))
+
+
+@torch.no_grad()
+def evaluate_split(model, data: np.ndarray, block_size: int, batch_size: int, device: str, autocast) -> float:
+    """Loss per character over a whole split: consecutive non-overlapping windows, each character
+    predicted once (the first characters of each window see a shorter context)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    starts = list(range(0, len(data) - 1, block_size))
+    for i in range(0, len(starts), batch_size):
+        chunk = starts[i : i + batch_size]
+        lengths = [min(block_size, len(data) - 1 - s) for s in chunk]
+        for length in sorted(set(lengths)):  # the last window may be shorter
+            group = [s for s, n in zip(chunk, lengths) if n == length]
+            x, y = make_batch(data, np.array(group), length, device)
+            with autocast:
+                logits = model(x)[0]
+            total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+            count += y.numel()
+    model.train(was_training)
+    return total / count
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def _replace_into(src_dir: Path, out_dir: Path, names) -> None:
+    for name in names:  # each rename is atomic; weights first, config.json last
+        if (src_dir / name).exists():
+            os.replace(src_dir / name, out_dir / name)
+
+
+def save_best_model(model: GPT, out_dir: Path) -> None:
+    """Write the model in Hugging Face format into out_dir without ever leaving a half-written file."""
+    tmp = out_dir / ".tmp-model"
+    tmp.mkdir(exist_ok=True)
+    model.save_pretrained(tmp)
+    from hub import render_model_card
+
+    (tmp / "README.md").write_text(render_model_card(model.hub_config(), out_dir), encoding="utf-8")
+    _replace_into(tmp, out_dir, ["model.safetensors", "README.md", "config.json"])
+    for leftover in tmp.iterdir():
+        leftover.unlink()
+    tmp.rmdir()
+
+
+def update_model_info(out_dir: Path, **info) -> None:
+    """Add facts to train_info in the saved config.json (atomically), and refresh the model card."""
+    path = out_dir / "config.json"
+    config = json.loads(path.read_text())
+    config["train_info"] = {**config.get("train_info", {}), **info}
+    from hub import render_model_card
+
+    atomic_write_text(out_dir / "README.md", render_model_card(config, out_dir))
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_resume_state(path: Path, model: GPT, optimizer, scaler, state: dict) -> None:
+    """Everything needed to continue exactly: weights, AdamW moments, RNG, and (as JSON) the rest.
+    Tensors in safetensors, the rest in its metadata: one file, replaced atomically, nothing pickled."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to wte
+    opt = optimizer.state_dict()
+    for pid, pstate in opt["state"].items():
+        for key, value in pstate.items():
+            tensors[f"optim.{pid}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and next(model.parameters()).is_cuda:
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {**state, "param_groups": opt["param_groups"], "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def read_resume_state(path: Path) -> tuple[dict, dict]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["state"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return meta, tensors
+
+
+def restore_resume_state(tensors: dict, meta: dict, model: GPT, optimizer, scaler) -> None:
+    sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    model.load_state_dict(sd, strict=True)
+    opt_state = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, key = k.split(".", 2)
+            opt_state.setdefault(int(pid), {})[key] = v
+    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+    if meta.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(meta["scaler"])
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and next(model.parameters()).is_cuda:
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+
+
+# ---------------------------------------------------------------------------- training
+
+
+class Logger:
+    """A tqdm bar on a terminal, plain lines otherwise; every record also goes to metrics.jsonl."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, start_step: int, enabled: bool, progress: bool | None):
+        self.enabled = enabled
+        self.path = out_dir / "metrics.jsonl"
+        self.bar = None
+        if not enabled:
+            return
+        if progress is None:
+            progress = sys.stderr.isatty()
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.max_iters, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def record(self, rec: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        if "val_loss" in rec:
+            self.print(f"step {rec['step']}: train loss {rec['train_loss']:.4f}, val loss {rec['val_loss']:.4f}" + (" (best, saved)" if rec.get("saved") else ""))
+        elif self.bar is not None:
+            self.bar.set_postfix(loss=f"{rec['train_loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_sec']:,.0f}")
+        else:
+            self.print(f"step {rec['step']}: loss {rec['train_loss']:.4f}, lr {rec['lr']:.2e}, {rec['tokens_per_sec']:,.0f} tokens/s, {rec['ms_per_step']:.1f} ms/step")
+
+    def advance(self, n=1):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def print(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
+    """Train as the command line does; returns a summary (best val loss, steps, tokens/s, out_dir)."""
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1)) if ddp else 1
+    out_dir = Path(cfg.out_dir)
+
+    # ---- every check before any work
+    check_config(cfg, world)
+    meta = load_meta(Path(cfg.data_dir))
+    train_data, val_data = load_split(Path(cfg.data_dir), "train"), load_split(Path(cfg.data_dir), "val")
+    for name, data in (("train", train_data), ("val", val_data)):
+        if len(data) <= cfg.block_size + 1:
+            raise ConfigError(f"the {name} split has {len(data)} tokens, too few for --block-size {cfg.block_size}; use a smaller --block-size or a longer text")
+    check_out_dir(out_dir, cfg.resume)
+    resume_meta = resume_tensors = None
+    if cfg.resume:
+        resume_meta, resume_tensors = read_resume_state(out_dir / "resume.safetensors")
+        saved = resume_meta["config"]
+        changed = [f"--{k.replace('_', '-')} (saved {saved[k]}, given {getattr(cfg, k)})" for k in ARCH_FIELDS if saved[k] != getattr(cfg, k)]
+        if changed:
+            raise ConfigError(f"--resume: the run in {out_dir} has a different architecture: {', '.join(changed)}. Pass the saved values or choose another --out-dir.")
+        if resume_meta["vocab"] != meta["vocab"]:
+            raise ConfigError(
+                f"--resume: the data in {cfg.data_dir} has a different vocabulary ({meta['vocab_size']} characters) "
+                f"from the model in {out_dir} ({len(resume_meta['vocab'])}). Resume with the data it was trained on."
+            )
+    gpt_config = model_config(cfg, meta["vocab_size"])
+
+    # ---- devices, precision, processes
+    if ddp:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = f"cuda:{local_rank}" if pick_device(cfg.device) == "cuda" else pick_device(cfg.device)
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    else:
+        device = pick_device(cfg.device)
+    device_type = device.split(":")[0]
+    dtype = pick_dtype(device, cfg.dtype)
+    autocast = autocast_context(device, dtype)
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    master = rank == 0
+    accum = cfg.grad_accum_steps // world  # micro-batches per process per step
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps
+
+    torch.manual_seed(cfg.seed)  # same initial weights on every process
+    model = GPT(gpt_config, vocab=meta["vocab"])
+    model.to(device)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    start_step, best_val, bad_steps = 0, float("inf"), 0
+    if resume_meta is not None:
+        restore_resume_state(resume_tensors, resume_meta, model, optimizer, scaler)
+        start_step, best_val = resume_meta["step"], resume_meta["best_val_loss"]
+        if rank:  # only rank 0's dropout RNG was saved; the others restart theirs deterministically
+            torch.manual_seed(cfg.seed + 7919 * rank + start_step)
+    else:
+        torch.manual_seed(cfg.seed + 7919 * rank)  # different dropout masks on each process
+    raw_model = model
+    if cfg.compile:
+        model = compile_or_eager(model)
+    if ddp:
+        model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
+
+    log = Logger(cfg, out_dir, start_step, enabled=master, progress=progress)
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:  # forget log lines written after the state we resume from
+            keep = [line for line in (out_dir / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= start_step] if (out_dir / "metrics.jsonl").exists() else []
+            atomic_write_text(out_dir / "metrics.jsonl", "".join(line + "\n" for line in keep))
+        amp = {torch.float32: "off (fp32)", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[dtype]
+        log.print(
+            f"device {device} ({hardware_name(device)}), dtype {str(dtype).replace('torch.', '')}, AMP {amp}, "
+            f"{world} process(es), grad accumulation {cfg.grad_accum_steps} x batch {cfg.batch_size} x context {cfg.block_size} "
+            f"= {tokens_per_step:,} tokens/step"
+        )
+        log.print(f"model: {raw_model.num_params() / 1e6:.2f}M parameters, {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} dim; "
+                  f"{'resuming at step ' + str(start_step) if cfg.resume else 'starting'} -> {cfg.max_iters} steps")  # fmt: skip
+
+    # fixed evaluation batches: the same ones at every evaluation, so losses are comparable
+    eval_batches = {
+        name: [make_batch(data, batch_starts(len(data), cfg.block_size, cfg.batch_size, [cfg.seed, 2**32 - 1, split_id, i]), cfg.block_size, device) for i in range(cfg.eval_iters)]
+        for split_id, (name, data) in enumerate((("train", train_data), ("val", val_data)))
+    }  # fmt: skip
+
+    def state(step):
+        return {"step": step, "best_val_loss": best_val, "config": asdict(cfg), "vocab": meta["vocab"], "world_size": world}
+
+    def evaluate(step):
+        nonlocal best_val
+        losses = {name: estimate_loss(raw_model, batches, autocast) for name, batches in eval_batches.items()}
+        saved = losses["val"] < best_val  # never "improves" on a nan
+        rec = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"], "lr": get_lr(step, cfg), "tokens_per_sec": None, "saved": saved}
+        if saved:
+            best_val = losses["val"]
+            raw_model.train_info = info(step, losses)
+        if master:
+            if saved:
+                save_best_model(raw_model, out_dir)
+            save_resume_state(out_dir / "resume.safetensors", raw_model, optimizer, scaler, state(step))
+        log.record(rec)
+
+    def info(step, losses):
+        return {
+            "step": step, "val_loss": round(losses["val"], 4), "train_loss": round(losses["train"], 4),
+            "tokens_seen": step * tokens_per_step, "hardware": hardware_name(device), "world_size": world,
+            "dtype": str(dtype).replace("torch.", ""), "dataset": meta.get("name", Path(cfg.data_dir).name),
+            "train_config": asdict(cfg),
+        }  # fmt: skip
+
+    model.train()
+    t0, tokens_since, t_start = time.perf_counter(), 0, time.perf_counter()
+    step = start_step
+    try:
+        while step < cfg.max_iters:
+            lr = get_lr(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(accum):
+                global_micro = rank * accum + micro  # process r takes micro-batches r*accum ... r*accum+accum-1
+                x, y = make_batch(train_data, batch_starts(len(train_data), cfg.block_size, cfg.batch_size, [cfg.seed, step, global_micro]), cfg.block_size, device)
+                # gradients are all-reduced only on the last micro-step
+                sync = nullcontext() if (not ddp or micro == accum - 1) else model.no_sync()
+                with sync:
+                    with autocast:
+                        _, loss = model(x, y)
+                        loss = loss / accum  # the gradient is the mean over micro-batches
+                    scaler.scale(loss).backward()
+                loss_sum += loss.detach()
+            if ddp:
+                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+            if not torch.isfinite(loss_sum):
+                bad_steps += 1
+                optimizer.zero_grad(set_to_none=True)
+                warnings.warn(f"step {step}: non-finite loss ({loss_sum.item()}), update skipped ({bad_steps} in a row)", stacklevel=1)
+                if bad_steps >= cfg.max_nonfinite_steps:
+                    raise FloatingPointError(
+                        f"{bad_steps} non-finite losses in a row at step {step}: training diverged. The last good model "
+                        f"is intact in {out_dir}; lower --learning-rate or raise --grad-clip protection, then --resume."
+                    )
+                step += 1
+                log.advance()
+                continue
+            bad_steps = 0
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)  # clip the true gradient, not the loss-scaled one
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_since += tokens_per_step
+            log.advance()
+            if step % cfg.log_interval == 0 or step == cfg.max_iters:
+                dt = time.perf_counter() - t0
+                n_steps = tokens_since // tokens_per_step
+                log.record({"step": step, "train_loss": loss_sum.item(), "lr": lr, "tokens_per_sec": tokens_since / dt, "ms_per_step": 1000 * dt / max(1, n_steps)})
+                t0, tokens_since = time.perf_counter(), 0
+            if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+                t_eval = time.perf_counter()
+                evaluate(step)
+                t0 += time.perf_counter() - t_eval  # evaluation time is not training throughput
+        train_seconds = time.perf_counter() - t_start
+    finally:
+        log.close()
+        if ddp:
+            dist.destroy_process_group()
+
+    summary = {"out_dir": str(out_dir), "steps": step, "best_val_loss_estimate": best_val, "train_seconds": train_seconds}
+    if master:
+        best = load_model(out_dir, device)
+        full_val = evaluate_split(best, val_data, cfg.block_size, cfg.batch_size * 4, device, autocast)
+        update_model_info(out_dir, val_loss_full=round(full_val, 4))
+        summary["best_val_loss"] = full_val
+        print(f"best model: val loss {full_val:.4f} on the whole validation split ({len(val_data):,} characters), "
+              f"at step {best.train_info['step']}; saved in {out_dir}; training took {train_seconds:.0f} s")  # fmt: skip
+        plot_losses(out_dir)
+        if cfg.sample_chars > 0:
+            for i in range(2):
+                print(f"--- sample {i + 1} (temperature 0.8) ---")
+                print(best.generate_text("\n", cfg.sample_chars, temperature=0.8, top_k=None, seed=cfg.seed + i))
+        if cfg.push_to_hub:
+            from hub import push_model
+
+            push_model(out_dir, cfg.push_to_hub)
+    return summary
+
+
+def compile_or_eager(model):
+    """torch.compile, or the eager model with a warning when compilation is unavailable or fails."""
+    try:
+        compiled = torch.compile(model)
+        x = torch.zeros((1, 8), dtype=torch.long, device=next(model.parameters()).device)
+        compiled(x, x)[1].backward()  # compilation happens on the first call: fail here, not mid-run
+        model.zero_grad(set_to_none=True)
+        return compiled
+    except Exception as e:  # noqa: BLE001 - any compiler failure means "run eagerly"
+        warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); training eagerly", stacklevel=1)
+        model.zero_grad(set_to_none=True)
+        return model
+
+
+def plot_losses(out_dir: Path) -> Path | None:
+    """loss.png: train and val loss against step, from metrics.jsonl."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no loss.png (pip install matplotlib)")
+        return None
+    recs = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [(r["step"], r["train_loss"]) for r in recs if "val_loss" not in r]
+    val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train (batch)", alpha=0.5)
+    if val:
+        ax.plot(*zip(*val), "o-", label="val (fixed batches)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss (nats/char)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out_dir / "loss.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    try:
+        train(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
