@@ -13,9 +13,11 @@ names, so weights map one-to-one onto both (transformers stores Linear weights a
 i.e. transposed).
 """
 
+import contextlib
 import math
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -352,19 +354,24 @@ class GPT(
     @torch.inference_mode()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, use_cache=True):
         """nanoGPT's signature: idx (B, T) -> (B, T + max_new_tokens), using the KV cache."""
-        out = [idx] + [t.unsqueeze(1) for t, _ in self.stream(idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache=use_cache)]
+        out = [idx] + [
+            t.unsqueeze(1)
+            for t, _ in self.stream(idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache=use_cache)
+        ]
         return torch.cat(out, dim=1)
 
     def encode_prompt(self, prompt: str, errors: str = "strict") -> torch.Tensor:
         """A (1, T) tensor of the prompt's ids on the model's device. An empty prompt means ' '."""
         if self.tokenizer is None:
             raise ValueError("this model has no vocabulary: build it with GPT(config, vocab=...)")
-        ids = self.tokenizer.encode(prompt or " ", errors=errors)
-        if not ids:
+        ids = self.tokenizer.encode(prompt, errors=errors)
+        if not ids:  # nothing left to condition on: a space (or, without one, the first character)
             ids = self.tokenizer.encode(" ", errors="replace")
         return torch.tensor([ids], dtype=torch.long, device=self.lm_head.weight.device)
 
-    def stream_text(self, prompt: str, max_new_tokens: int, errors: str = "strict", **sampling) -> Iterator[tuple[str, float]]:
+    def stream_text(
+        self, prompt: str, max_new_tokens: int, errors: str = "strict", **sampling
+    ) -> Iterator[tuple[str, float]]:
         """Yield (character, probability) for one sample, as it is generated."""
         for tok, prob in self.stream(self.encode_prompt(prompt, errors), max_new_tokens, **sampling):
             yield self.tokenizer.vocab[tok.item()], prob.item()
@@ -381,7 +388,11 @@ class GPT(
 
     def hub_config(self) -> dict:
         """What config.json holds: the architecture, the vocabulary and the training facts."""
-        return {**asdict(self.config), "vocab": self.tokenizer.vocab if self.tokenizer else None, "train_info": self.train_info}
+        return {
+            **asdict(self.config),
+            "vocab": self.tokenizer.vocab if self.tokenizer else None,
+            "train_info": self.train_info,
+        }
 
     def save_pretrained(self, save_directory, **kwargs):
         kwargs.setdefault("config", self.hub_config())
@@ -420,6 +431,11 @@ class GPT(
     @classmethod
     def _from_pretrained(cls, *, model_id, **kwargs):
         config = kwargs.get("config")
+        if config is None and not os.path.isdir(model_id):  # huggingface_hub swallowed a failed download
+            raise OSError(
+                f"{model_id!r} or its config.json was not found on the Hugging Face Hub. Check the repo id and, "
+                "for a private repo, your token (`hf auth login`)."
+            )
         if not isinstance(config, GPTConfig) or not kwargs.get("vocab"):
             raise ValueError(
                 f"{model_id!r} is not a model saved by model_gpt2: its config.json lacks the GPT architecture "
@@ -464,5 +480,6 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
 
 def load_model(name_or_path, device: str | torch.device = "cpu") -> GPT:
     """The one loader every entry point uses: training resume, sampling, the app, the notebooks."""
-    model = GPT.from_pretrained(name_or_path, map_location=str(device))
+    with contextlib.redirect_stdout(sys.stderr):  # huggingface_hub prints "Loading weights..." to stdout
+        model = GPT.from_pretrained(name_or_path, map_location=str(device))
     return model.to(device).eval()

@@ -172,7 +172,9 @@ def check_config(cfg: TrainConfig, world_size: int) -> None:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if not cfg.learning_rate > 0 or not 0 <= cfg.min_lr <= cfg.learning_rate:
-        raise ConfigError(f"need 0 < --learning-rate and 0 <= --min-lr <= --learning-rate, got {cfg.learning_rate} and {cfg.min_lr}")
+        raise ConfigError(
+            f"need 0 < --learning-rate and 0 <= --min-lr <= --learning-rate, got {cfg.learning_rate} and {cfg.min_lr}"
+        )
     if cfg.warmup_iters < 0 or cfg.grad_clip < 0 or cfg.weight_decay < 0:
         raise ConfigError("--warmup-iters, --grad-clip and --weight-decay must be >= 0")
     if cfg.grad_accum_steps % world_size:
@@ -182,21 +184,31 @@ def check_config(cfg: TrainConfig, world_size: int) -> None:
         )
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"--dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
-    if cfg.push_to_hub and cfg.push_to_hub.count("/") != 1:
-        raise ConfigError(f"--push-to-hub takes a repo id ORG/NAME, got {cfg.push_to_hub!r}")
+    if cfg.push_to_hub:  # fail now, not after hours of training
+        from hub import HubError, check_repo_id, ready_to_upload
+
+        try:
+            check_repo_id(cfg.push_to_hub, "--push-to-hub")
+            ready_to_upload(None)
+        except HubError as e:
+            raise ConfigError(str(e)) from e
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> None:
     """Refuse to overwrite anything: a fresh run needs an empty or new folder; --resume needs a run."""
     if resume:
         if not (out_dir / "resume.safetensors").is_file():
-            raise ConfigError(f"--resume: {out_dir} holds no training run (no resume.safetensors). Drop --resume to start one.")
+            raise ConfigError(
+                f"--resume: {out_dir} holds no training run (no resume.safetensors). Drop --resume to start one."
+            )
         return
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out-dir {out_dir} is a file; choose a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if (out_dir / "resume.safetensors").exists() or (out_dir / "config.json").exists():
-            raise ConfigError(f"{out_dir} already holds a training run: pass --resume to continue it, or choose another --out-dir")
+            raise ConfigError(
+                f"{out_dir} already holds a training run: pass --resume to continue it, or choose another --out-dir"
+            )
         raise ConfigError(f"{out_dir} is not empty and holds other files; choose an empty or new --out-dir")
 
 
@@ -231,7 +243,11 @@ def autocast_context(device: str, dtype: torch.dtype):
 def hardware_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads" if device == "cpu" else device
+    return (
+        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        if device == "cpu"
+        else device
+    )
 
 
 # ---------------------------------------------------------------------------- data
@@ -293,7 +309,9 @@ def evaluate_split(model, data: np.ndarray, block_size: int, batch_size: int, de
             x, y = make_batch(data, np.array(group), length, device)
             with autocast:
                 logits = model(x)[0]
-            total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+            total += torch.nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), y.flatten(), reduction="sum"
+            ).item()
             count += y.numel()
     model.train(was_training)
     return total / count
@@ -350,7 +368,11 @@ def save_resume_state(path: Path, model: GPT, optimizer, scaler, state: dict) ->
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and next(model.parameters()).is_cuda:
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {**state, "param_groups": opt["param_groups"], "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+    meta = {
+        **state,
+        "param_groups": opt["param_groups"],
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+    }
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
@@ -406,11 +428,18 @@ class Logger:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
         if "val_loss" in rec:
-            self.print(f"step {rec['step']}: train loss {rec['train_loss']:.4f}, val loss {rec['val_loss']:.4f}" + (" (best, saved)" if rec.get("saved") else ""))
+            self.print(
+                f"step {rec['step']}: train loss {rec['train_loss']:.4f}, val loss {rec['val_loss']:.4f}"
+                + (" (best, saved)" if rec.get("saved") else "")
+            )
         elif self.bar is not None:
-            self.bar.set_postfix(loss=f"{rec['train_loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_sec']:,.0f}")
+            self.bar.set_postfix(
+                loss=f"{rec['train_loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_sec']:,.0f}"
+            )
         else:
-            self.print(f"step {rec['step']}: loss {rec['train_loss']:.4f}, lr {rec['lr']:.2e}, {rec['tokens_per_sec']:,.0f} tokens/s, {rec['ms_per_step']:.1f} ms/step")
+            self.print(
+                f"step {rec['step']}: loss {rec['train_loss']:.4f}, lr {rec['lr']:.2e}, {rec['tokens_per_sec']:,.0f} tokens/s, {rec['ms_per_step']:.1f} ms/step"
+            )
 
     def advance(self, n=1):
         if self.bar is not None:
@@ -442,15 +471,23 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
     train_data, val_data = load_split(Path(cfg.data_dir), "train"), load_split(Path(cfg.data_dir), "val")
     for name, data in (("train", train_data), ("val", val_data)):
         if len(data) <= cfg.block_size + 1:
-            raise ConfigError(f"the {name} split has {len(data)} tokens, too few for --block-size {cfg.block_size}; use a smaller --block-size or a longer text")
+            raise ConfigError(
+                f"the {name} split has {len(data)} tokens, too few for --block-size {cfg.block_size}; use a smaller --block-size or a longer text"
+            )
     check_out_dir(out_dir, cfg.resume)
     resume_meta = resume_tensors = None
     if cfg.resume:
         resume_meta, resume_tensors = read_resume_state(out_dir / "resume.safetensors")
         saved = resume_meta["config"]
-        changed = [f"--{k.replace('_', '-')} (saved {saved[k]}, given {getattr(cfg, k)})" for k in ARCH_FIELDS if saved[k] != getattr(cfg, k)]
+        changed = [
+            f"--{k.replace('_', '-')} (saved {saved[k]}, given {getattr(cfg, k)})"
+            for k in ARCH_FIELDS
+            if saved[k] != getattr(cfg, k)
+        ]
         if changed:
-            raise ConfigError(f"--resume: the run in {out_dir} has a different architecture: {', '.join(changed)}. Pass the saved values or choose another --out-dir.")
+            raise ConfigError(
+                f"--resume: the run in {out_dir} has a different architecture: {', '.join(changed)}. Pass the saved values or choose another --out-dir."
+            )
         if resume_meta["vocab"] != meta["vocab"]:
             raise ConfigError(
                 f"--resume: the data in {cfg.data_dir} has a different vocabulary ({meta['vocab_size']} characters) "
@@ -500,9 +537,21 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume:  # forget log lines written after the state we resume from
-            keep = [line for line in (out_dir / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= start_step] if (out_dir / "metrics.jsonl").exists() else []
+            keep = (
+                [
+                    line
+                    for line in (out_dir / "metrics.jsonl").read_text().splitlines()
+                    if json.loads(line)["step"] <= start_step
+                ]
+                if (out_dir / "metrics.jsonl").exists()
+                else []
+            )
             atomic_write_text(out_dir / "metrics.jsonl", "".join(line + "\n" for line in keep))
-        amp = {torch.float32: "off (fp32)", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[dtype]
+        amp = {
+            torch.float32: "off (fp32)",
+            torch.bfloat16: "bf16 autocast",
+            torch.float16: "fp16 autocast + GradScaler",
+        }[dtype]
         log.print(
             f"device {device} ({hardware_name(device)}), dtype {str(dtype).replace('torch.', '')}, AMP {amp}, "
             f"{world} process(es), grad accumulation {cfg.grad_accum_steps} x batch {cfg.batch_size} x context {cfg.block_size} "
@@ -518,13 +567,26 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
     }  # fmt: skip
 
     def state(step):
-        return {"step": step, "best_val_loss": best_val, "config": asdict(cfg), "vocab": meta["vocab"], "world_size": world}
+        return {
+            "step": step,
+            "best_val_loss": best_val,
+            "config": asdict(cfg),
+            "vocab": meta["vocab"],
+            "world_size": world,
+        }
 
     def evaluate(step):
         nonlocal best_val
         losses = {name: estimate_loss(raw_model, batches, autocast) for name, batches in eval_batches.items()}
         saved = losses["val"] < best_val  # never "improves" on a nan
-        rec = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"], "lr": get_lr(step, cfg), "tokens_per_sec": None, "saved": saved}
+        rec = {
+            "step": step,
+            "train_loss": losses["train"],
+            "val_loss": losses["val"],
+            "lr": get_lr(step, cfg),
+            "tokens_per_sec": None,
+            "saved": saved,
+        }
         if saved:
             best_val = losses["val"]
             raw_model.train_info = info(step, losses)
@@ -553,7 +615,12 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
             loss_sum = torch.zeros((), device=device)
             for micro in range(accum):
                 global_micro = rank * accum + micro  # process r takes micro-batches r*accum ... r*accum+accum-1
-                x, y = make_batch(train_data, batch_starts(len(train_data), cfg.block_size, cfg.batch_size, [cfg.seed, step, global_micro]), cfg.block_size, device)
+                x, y = make_batch(
+                    train_data,
+                    batch_starts(len(train_data), cfg.block_size, cfg.batch_size, [cfg.seed, step, global_micro]),
+                    cfg.block_size,
+                    device,
+                )
                 # gradients are all-reduced only on the last micro-step
                 sync = nullcontext() if (not ddp or micro == accum - 1) else model.no_sync()
                 with sync:
@@ -567,7 +634,10 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
             if not torch.isfinite(loss_sum):
                 bad_steps += 1
                 optimizer.zero_grad(set_to_none=True)
-                warnings.warn(f"step {step}: non-finite loss ({loss_sum.item()}), update skipped ({bad_steps} in a row)", stacklevel=1)
+                warnings.warn(
+                    f"step {step}: non-finite loss ({loss_sum.item()}), update skipped ({bad_steps} in a row)",
+                    stacklevel=1,
+                )
                 if bad_steps >= cfg.max_nonfinite_steps:
                     raise FloatingPointError(
                         f"{bad_steps} non-finite losses in a row at step {step}: training diverged. The last good model "
@@ -577,19 +647,22 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
                 log.advance()
                 continue
             bad_steps = 0
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)  # clip the true gradient, not the loss-scaled one
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            clip_and_step(raw_model, optimizer, scaler, cfg.grad_clip)
             step += 1
             tokens_since += tokens_per_step
             log.advance()
             if step % cfg.log_interval == 0 or step == cfg.max_iters:
                 dt = time.perf_counter() - t0
                 n_steps = tokens_since // tokens_per_step
-                log.record({"step": step, "train_loss": loss_sum.item(), "lr": lr, "tokens_per_sec": tokens_since / dt, "ms_per_step": 1000 * dt / max(1, n_steps)})
+                log.record(
+                    {
+                        "step": step,
+                        "train_loss": loss_sum.item(),
+                        "lr": lr,
+                        "tokens_per_sec": tokens_since / dt,
+                        "ms_per_step": 1000 * dt / max(1, n_steps),
+                    }
+                )
                 t0, tokens_since = time.perf_counter(), 0
             if step % cfg.eval_interval == 0 or step == cfg.max_iters:
                 t_eval = time.perf_counter()
@@ -601,15 +674,20 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
         if ddp:
             dist.destroy_process_group()
 
-    summary = {"out_dir": str(out_dir), "steps": step, "best_val_loss_estimate": best_val, "train_seconds": train_seconds}
+    summary = {
+        "out_dir": str(out_dir),
+        "steps": step,
+        "best_val_loss_estimate": best_val,
+        "train_seconds": train_seconds,
+    }
     if master:
         best = load_model(out_dir, device)
         full_val = evaluate_split(best, val_data, cfg.block_size, cfg.batch_size * 4, device, autocast)
+        plot_losses(out_dir)
         update_model_info(out_dir, val_loss_full=round(full_val, 4))
         summary["best_val_loss"] = full_val
         print(f"best model: val loss {full_val:.4f} on the whole validation split ({len(val_data):,} characters), "
               f"at step {best.train_info['step']}; saved in {out_dir}; training took {train_seconds:.0f} s")  # fmt: skip
-        plot_losses(out_dir)
         if cfg.sample_chars > 0:
             for i in range(2):
                 print(f"--- sample {i + 1} (temperature 0.8) ---")
@@ -619,6 +697,20 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
 
             push_model(out_dir, cfg.push_to_hub)
     return summary
+
+
+def clip_and_step(model, optimizer, scaler, grad_clip: float):
+    """Unscale, clip, step, zero; returns the true (unscaled) gradient norm before clipping (None if off).
+
+    With fp16 the gradients are multiplied by the GradScaler's scale; unscale_ first so that
+    clipping compares the real norm with grad_clip. scaler.step skips the update when the
+    scaled gradients overflowed (and update() then lowers the scale)."""
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else None
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
 
 
 def compile_or_eager(model):
@@ -671,6 +763,17 @@ def main(argv=None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if type(e).__name__ != "HubError":
+            raise
+        print(
+            f"error: training finished, but the push failed: {e}. Push later with `python hub.py push {cfg.out_dir} {cfg.push_to_hub}`.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

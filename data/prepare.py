@@ -74,15 +74,19 @@ def split(n: int, train_fraction: float = 0.9) -> int:
     return int(n * train_fraction)
 
 
-def prepare(text: str, out_dir: Path) -> dict:
-    """Encode `text` by character, split it 90/10 and write train.bin, val.bin, meta.json."""
+def prepare(text: str, out_dir: Path, name: str | None = None) -> dict:
+    """Encode `text` by character, split it 90/10 and write train.bin, val.bin, meta.json.
+    `name` names the data set (default: tiny_shakespeare when the text is it, else "text")."""
     vocab = "".join(sorted(set(text)))
     stoi = {ch: i for i, ch in enumerate(vocab)}
     dtype = np.uint16 if len(vocab) <= 2**16 else np.uint32
     ids = np.fromiter((stoi[ch] for ch in text), dtype=dtype, count=len(text))
     n = split(len(ids))
     out_dir.mkdir(parents=True, exist_ok=True)
+    if name is None:
+        name = "tiny_shakespeare" if hashlib.sha256(text.encode()).hexdigest() == SHAKESPEARE_SHA256 else "text"
     meta = {
+        "name": name,
         "vocab": vocab,
         "vocab_size": len(vocab),
         "dtype": np.dtype(dtype).name,
@@ -117,8 +121,12 @@ def load_split(data_dir: Path, name: str) -> np.ndarray:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--input", type=Path, default=None, help="a UTF-8 text file (default: data/input.txt, tiny Shakespeare)")
-    ap.add_argument("--out-dir", type=Path, default=HERE, help="where to write train.bin, val.bin, meta.json (default: data/)")
+    ap.add_argument(
+        "--input", type=Path, default=None, help="a UTF-8 text file (default: data/input.txt, tiny Shakespeare)"
+    )
+    ap.add_argument(
+        "--out-dir", type=Path, default=HERE, help="where to write train.bin, val.bin, meta.json (default: data/)"
+    )
     args = ap.parse_args(argv)
     try:
         path = args.input
@@ -127,7 +135,7 @@ def main(argv=None) -> int:
             if not path.exists():
                 download_shakespeare(path)
         text = read_text(path)
-        meta = prepare(text, args.out_dir)
+        meta = prepare(text, args.out_dir, name=None if path.name == "input.txt" else path.stem)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,343 @@
+"""train_gpt2: the step (accumulation, scaler, clipping), the schedule, checkpoints, resume,
+distributed training with real torchrun processes, and clear errors for bad input."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, make_tiny_model
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import train_gpt2 as tg
+from model_gpt2 import GPT, load_model
+
+# A model small enough that a run takes seconds on 2 cores.
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, eval_iters=2, sample_chars=0, log_interval=5)
+TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+
+
+def run_train(*args, check=True, **kwargs):
+    """train_gpt2.py as a user runs it."""
+    proc = subprocess.run([sys.executable, "train_gpt2.py", *args], cwd=ROOT, capture_output=True, text=True, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train_gpt2.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def weights(path: Path) -> dict:
+    return load_file(str(path))
+
+
+def assert_same_weights(a: dict, b: dict, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        if atol == 0:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            assert torch.allclose(a[k], b[k], atol=atol, rtol=0), (k, (a[k] - b[k]).abs().max())
+
+
+def resume_weights(out_dir: Path) -> dict:
+    with safe_open(str(out_dir / "resume.safetensors"), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
+
+
+def resume_step(out_dir: Path) -> int:
+    with safe_open(str(out_dir / "resume.safetensors"), framework="pt") as f:
+        return json.loads(f.metadata()["state"])["step"]
+
+
+# ---------------------------------------------------------------- the optimisation step
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+    """One micro-batch of 2B and two micro-batches of B (each loss / 2) give the same gradients."""
+    model = make_tiny_model("abcdefgh", block_size=16)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 8, (8, 16), generator=g), torch.randint(0, 8, (8, 16), generator=g)
+    model(x, y)[1].backward()
+    big = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for xs, ys in ((x[:4], y[:4]), (x[4:], y[4:])):
+        (model(xs, ys)[1] / 2).backward()
+    for a, b in zip(big, [p.grad for p in model.parameters()]):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_grad_scaler_clips_the_true_norm():
+    """With a GradScaler the gradients are multiplied by the loss scale; clip_and_step unscales first,
+    so the norm it reports (and clips) is the true, unscaled one and the update is the same."""
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 8, (4, 16)), torch.randint(0, 8, (4, 16))
+    results = []
+    for enabled in (False, True):
+        model = make_tiny_model("abcdefgh", block_size=16)
+        opt = model.configure_optimizers(0.1, 1e-2, (0.9, 0.99), "cpu")
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=enabled)
+        scaler.scale(model(x, y)[1]).backward()
+        if enabled:
+            assert model.lm_head.weight.grad.abs().max() > 100 * results[0][0] / 1e3  # really scaled
+        norm = tg.clip_and_step(model, opt, scaler, grad_clip=0.05)
+        results.append((norm.item(), model.transformer.h[0].attn.c_attn.weight.detach().clone()))
+        assert model.lm_head.weight.grad is None  # zeroed for the next step
+    (true_norm, w_plain), (scaled_norm, w_scaled) = results
+    assert true_norm > 0.05  # the clip is active
+    assert scaled_norm == pytest.approx(true_norm, rel=1e-5)
+    assert torch.allclose(w_plain, w_scaled, atol=1e-6)
+
+
+def test_learning_rate_schedule():
+    cfg = tg.TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=110)
+    lrs = [tg.get_lr(i, cfg) for i in range(cfg.max_iters + 1)]
+    assert lrs[0] > 0  # warmup starts above zero: step 0 updates the weights
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # linear warmup
+    assert lrs[10] == pytest.approx(1e-3)
+    assert lrs[60] == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way down the cosine
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[110] == pytest.approx(1e-4) and tg.get_lr(500, cfg) == pytest.approx(1e-4)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_flags_come_from_the_dataclass_and_override_the_preset():
+    cfg = tg.parse_args(["--preset", "cpu", "--n-layer", "2", "--learning-rate", "0.01", "--no-bias", "--compile"])
+    assert cfg.n_layer == 2 and cfg.learning_rate == 0.01 and cfg.bias is False and cfg.compile is True
+    assert cfg.n_embd == tg.PRESETS["cpu"]["n_embd"]  # the rest from the preset
+    sc = tg.parse_args(["--preset", "shakespeare-char"])
+    assert (sc.n_layer, sc.n_head, sc.n_embd, sc.block_size, sc.dropout) == (6, 6, 384, 256, 0.2)
+    big = tg.parse_args(["--preset", "gpt2-124m"])
+    assert (big.n_layer, big.n_head, big.n_embd, big.block_size) == (12, 12, 768, 1024)
+    help_text = run_train("--help").stdout
+    for field in tg.TrainConfig.__dataclass_fields__:
+        assert "--" + field.replace("_", "-") in help_text
+    assert "peak learning rate (default: 0.001)" in " ".join(help_text.split())
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def short_run(prepared_data, tmp_path_factory):
+    """A short CPU run of the real script: 300 steps of a small model."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    proc = run_train(
+        f"--data-dir={prepared_data}", f"--out-dir={out}", *TINY_FLAGS, "--max-iters=300", "--eval-interval=100",
+        "--learning-rate=4e-3", "--min-lr=4e-4", "--warmup-iters=20", "--sample-chars=80",
+    )  # fmt: skip
+    return out, proc
+
+
+@pytest.mark.slow
+def test_short_cpu_run_learns_and_saves_the_best_model(short_run):
+    out, proc = short_run
+    model = GPT.from_pretrained(str(out))
+    info = model.train_info
+    assert info["val_loss_full"] < 2.8 < math.log(65)  # uniform guessing is ln(65) = 4.17
+    assert "val loss" in proc.stdout and "--- sample 1" in proc.stdout and "plain lines" not in proc.stdout
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in recs if "val_loss" in r]
+    logs = [r for r in recs if "val_loss" not in r]
+    assert [r["step"] for r in evals] == [100, 200, 300]
+    assert (
+        all({"step", "train_loss", "lr", "tokens_per_sec"} <= r.keys() for r in logs) and logs[-1]["tokens_per_sec"] > 0
+    )
+    best = min(evals, key=lambda r: r["val_loss"])
+    assert info["val_loss"] == round(best["val_loss"], 4) and info["step"] == best["step"]  # best by validation
+    assert info["tokens_seen"] == best["step"] * 8 * 32
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "config.json", "loss.png", "metrics.jsonl", "model.safetensors", "resume.safetensors"
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_worse_evaluation_never_overwrites_the_best_model(prepared_data, tmp_path):
+    """Once val loss gets worse (a learning rate far too high), the saved model stays the best one."""
+    out = tmp_path / "out"
+    run_train(f"--data-dir={prepared_data}", f"--out-dir={out}", *TINY_FLAGS, "--max-iters=60", "--eval-interval=10",
+              "--learning-rate=0.3", "--min-lr=0.3", "--warmup-iters=0", "--grad-clip=0")  # fmt: skip
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
+    assert any(not r["saved"] for r in evals)
+    best = min(evals, key=lambda r: r["val_loss"])
+    assert load_model(out).train_info["step"] == best["step"]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_equals_an_uninterrupted_run(prepared_data, tmp_path):
+    """SIGKILL mid-run, then --resume: the same final weights, bit for bit, as a run never interrupted (CPU)."""
+    flags = [f"--data-dir={prepared_data}", *TINY_FLAGS, "--dropout=0.1", "--max-iters=400", "--eval-interval=40"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_train(*flags, f"--out-dir={whole}")
+
+    proc = subprocess.Popen([sys.executable, "train_gpt2.py", *flags, f"--out-dir={killed}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if resume_step(killed) >= 80:
+                break
+        except Exception:  # not written yet, or being replaced
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = resume_step(killed)
+    assert 80 <= killed_at < 400, "the run must be killed part way"
+    load_model(killed)  # the last good checkpoint is loadable after the crash
+
+    resumed = run_train(*flags, f"--out-dir={killed}", "--resume")
+    assert f"resuming at step {killed_at}" in resumed.stdout
+    assert_same_weights(resume_weights(killed), resume_weights(whole))
+    assert_same_weights(weights(killed / "model.safetensors"), weights(whole / "model.safetensors"))
+
+    # metrics.jsonl reads as if never interrupted: the killed run's lines past the resume point are gone
+    def losses(out):
+        recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["train_loss"], r.get("val_loss")) for r in recs]
+
+    assert losses(killed) == losses(whole)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process_with_accumulation(prepared_data, tmp_path):
+    """DDP with 2 CPU processes (gloo) and one process accumulating 2 micro-batches see the same data
+    and end with the same weights (up to float summation order)."""
+    flags = [f"--data-dir={prepared_data}", *TINY_FLAGS, "--max-iters=30", "--eval-interval=15", "--grad-accum-steps=2"]
+    run_train(*flags, f"--out-dir={tmp_path / 'one'}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run([*torchrun, "train_gpt2.py", *flags, f"--out-dir={tmp_path / 'two'}"], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("device cpu") == 1  # only rank 0 prints
+    assert "2 process(es)" in proc.stdout
+    one, two = resume_weights(tmp_path / "one"), resume_weights(tmp_path / "two")
+    assert_same_weights(one, two, atol=2e-5)
+    logs = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert logs[0]["tokens_per_sec"] > 0 and "tokens_per_sec" in logs[0]
+
+
+def test_non_finite_losses_skip_updates_then_stop_with_the_checkpoint_intact(prepared_data, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    cfg = tg.config_from_preset(
+        None, data_dir=str(prepared_data), out_dir=str(out), **TINY, max_iters=100, eval_interval=10
+    )
+    forward = GPT.forward
+    calls = {"n": 0}
+
+    def poisoned(self, idx, targets=None, kv_cache=None):
+        logits, loss = forward(self, idx, targets, kv_cache)
+        if targets is not None and self.training:
+            calls["n"] += 1
+            if calls["n"] in (3, 4) or calls["n"] > 25:  # two isolated bad steps, then divergence
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    saved = {}
+    with pytest.warns(UserWarning, match="non-finite loss"), pytest.raises(FloatingPointError, match="last good model"):
+        try:
+            tg.train(cfg, progress=False)
+        finally:
+            saved = weights(out / "model.safetensors")
+    monkeypatch.setattr(GPT, "forward", forward)
+    best = load_model(out)
+    assert best.train_info["step"] == 20  # the last evaluation before the divergence
+    assert_same_weights(weights(out / "model.safetensors"), saved)
+    assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+# ---------------------------------------------------------------- bad input: a clear error before any work
+
+
+def untouched(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir()} if folder.exists() else {}
+
+
+class Result:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
+def main_in_process(capsys, *args):
+    """train_gpt2.main as the command line calls it (in-process: these fail before any work)."""
+    code = tg.main(list(args))
+    return Result(code, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--n-embd=30", "--n-head=4"], "n_embd .* divisible by n_head .* --n-embd"),
+        (["--block-size=0"], "block_size must be a positive integer"),
+        (["--batch-size=0"], "--batch-size must be >= 1"),
+        (["--learning-rate=0"], "learning-rate"),
+        (["--dtype=float8"], "--dtype must be"),
+        (["--push-to-hub=noslash"], "ORG/NAME"),
+        (["--block-size=200000"], "too few for --block-size"),
+    ],
+)
+def test_invalid_values(prepared_data, tmp_path, capsys, flags, match):
+    proc = main_in_process(capsys, f"--data-dir={prepared_data}", f"--out-dir={tmp_path / 'out'}", *TINY_FLAGS, *flags)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert any(__import__("re").search(match, line) for line in proc.stderr.splitlines()), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_grad_accum_must_divide_among_processes():
+    with pytest.raises(tg.ConfigError, match="multiple of the number of processes"):
+        tg.check_config(tg.TrainConfig(grad_accum_steps=3), world_size=2)
+
+
+def test_missing_or_empty_data(tmp_path, prepared_data, capsys):
+    proc = main_in_process(capsys, f"--data-dir={tmp_path}", f"--out-dir={tmp_path / 'out'}")
+    assert proc.returncode == 2 and "Run `python data/prepare.py` first" in proc.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "meta.json").write_bytes((prepared_data / "meta.json").read_bytes())
+    (empty / "train.bin").write_bytes(b"")
+    (empty / "val.bin").write_bytes(b"")
+    proc = main_in_process(capsys, f"--data-dir={empty}", f"--out-dir={tmp_path / 'out'}")
+    assert proc.returncode == 2 and "train.bin is missing or empty" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_holding_something_else_or_a_run(prepared_data, tmp_path, short_run, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    proc = main_in_process(capsys, f"--data-dir={prepared_data}", f"--out-dir={other}", *TINY_FLAGS)
+    assert proc.returncode == 2 and "not empty" in proc.stderr and untouched(other) == {"notes.txt": b"mine"}
+
+    out, _ = short_run
+    before = untouched(out)
+    proc = main_in_process(capsys, f"--data-dir={prepared_data}", f"--out-dir={out}", *TINY_FLAGS)
+    assert proc.returncode == 2 and "pass --resume" in proc.stderr
+    proc = main_in_process(
+        capsys, f"--data-dir={prepared_data}", f"--out-dir={out}", *TINY_FLAGS, "--n-layer=3", "--resume"
+    )
+    assert proc.returncode == 2 and "--n-layer (saved 2, given 3)" in proc.stderr
+    proc = main_in_process(capsys, f"--data-dir={prepared_data}", f"--out-dir={other}", *TINY_FLAGS, "--resume")
+    assert proc.returncode == 2 and "holds no training run" in proc.stderr
+    assert untouched(out) == before
+
+
+def test_resume_with_data_of_another_vocabulary(prepared_data, tmp_path, short_run, capsys):
+    from data.prepare import prepare
+
+    other_data = tmp_path / "data"
+    prepare("a different text with another alphabet " * 100, other_data)
+    out, _ = short_run
+    before = untouched(out)
+    proc = main_in_process(capsys, f"--data-dir={other_data}", f"--out-dir={out}", *TINY_FLAGS, "--resume")
+    assert proc.returncode == 2 and "different vocabulary" in proc.stderr
+    assert untouched(out) == before
