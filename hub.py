@@ -1,33 +1,356 @@
 """Share a trained model: its model card, pushing it to the Hugging Face Hub, deploying the Space.
 
-(push_model and deploy_space are being written; render_model_card is used by train_gpt2.py.)
+    hf auth login                                            # once: a token with write access
+    python hub.py push out ORG/NAME [--private]              # the model in out/ -> huggingface.co/ORG/NAME
+    python hub.py deploy ORG/SPACE --model ORG/NAME [--private]   # a Gradio Space serving that model
+
+push uploads config.json, model.safetensors, metrics.jsonl, loss.png and a fresh model card
+(README.md, with a sample); never resume.safetensors (the optimizer state is for training only).
+deploy uploads app.py, model_gpt2.py, a requirements.txt that installs the CPU build of torch,
+and the Space's README.md, and sets the Space variable GPT_MODEL=ORG/NAME that app.py reads.
+
+The app needs about 1 GB of RAM and 2 vCPUs, which the Space's default `cpu-basic` hardware
+has. Per huggingface_hub's documentation, a Gradio Space on the free `cpu-basic` hardware may
+require a subscription (PRO for users, Team or Enterprise for organizations); paid hardware
+needs billing set up instead. Nothing here changes the files of the local model folder.
 """
 
+import argparse
 import json
+import math
+import re
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
+from huggingface_hub import HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
 
-def render_model_card(config: dict, out_dir: Path) -> str:
-    """The README.md of a model folder: what it is, how well it does, how to use it."""
+from model_gpt2 import load_model
+
+ROOT = Path(__file__).resolve().parent
+MODEL_FILES = ("config.json", "model.safetensors", "metrics.jsonl", "loss.png")  # + README.md, rendered
+SPACE_FILES = ("app.py", "model_gpt2.py")  # + requirements.txt and README.md, generated
+TRAINING_ONLY = ("matplotlib",)  # left out of the Space's requirements
+CPU_TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+TINY_SHAKESPEARE_VOCAB = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class HubError(RuntimeError):
+    """Pushing or deploying cannot go ahead; the message says what to do."""
+
+
+# ---------------------------------------------------------------------------- model card
+
+
+def num_params(c: dict) -> int:
+    """Parameters of the GPT in config.json (the tied lm_head counted once, as model.num_params())."""
+    d, b = c["n_embd"], c["bias"]
+    ln = 2 * d if b else d
+    block = 2 * ln + 12 * d * d + (9 * d if b else 0)  # attention 4 d^2 + MLP 8 d^2, their biases, 2 LayerNorms
+    return c["vocab_size"] * d + c["block_size"] * d + c["n_layer"] * block + ln
+
+
+def is_tiny_shakespeare(config: dict) -> bool:
+    name = str((config.get("train_info") or {}).get("dataset", ""))
+    return "shakespeare" in name.lower() or config.get("vocab") == TINY_SHAKESPEARE_VOCAB
+
+
+def render_model_card(config: dict, out_dir: Path, sample: str | None = None, repo_id: str | None = None) -> str:
+    """The README.md of a model folder: what it is, how well it does, how to use it.
+
+    `config` is what config.json holds (model.hub_config()); loss.png is shown when out_dir has one.
+    """
     info = config.get("train_info") or {}
-    val = info.get("val_loss_full", info.get("val_loss"))
-    arch = {k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "bias")}
-    rows = "\n".join(f"| {k} | {v} |" for k, v in arch.items())
-    return f"""---
-library_name: char-gpt
-license: mit
-pipeline_tag: text-generation
-tags: [gpt2, character-level, text-generation, tiny-shakespeare]
----
-# Character-level GPT-2
+    tc = info.get("train_config") or {}
+    repo = repo_id or "ORG/NAME"
+    shakespeare = is_tiny_shakespeare(config)
+    n_params = num_params(config)
+    vocab_size = config["vocab_size"]
 
-Validation loss: {val if val is not None else "not measured"} (nats per character, whole validation split).
+    def fmt(x, spec=""):
+        return "not recorded" if x is None else format(x, spec)
 
-| field | value |
+    if info.get("val_loss_full") is not None:
+        val = f"| validation loss (whole validation split) | {info['val_loss_full']:.4f} |"
+    elif info.get("val_loss") is not None:
+        batches = f"{tc['eval_iters']} fixed batches" if "eval_iters" in tc else "fixed batches"
+        val = f"| validation loss (estimate on {batches} of the validation split) | {info['val_loss']:.4f} |"
+    else:
+        val = "| validation loss | not measured |"
+    arch = [(k, config[k]) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "bias")]
+    train_keys = ("batch_size", "grad_accum_steps", "learning_rate", "min_lr", "warmup_iters", "max_iters",
+                  "weight_decay", "beta1", "beta2", "grad_clip", "eval_interval", "eval_iters", "seed")  # fmt: skip
+    settings = arch + [("parameters", f"{n_params:,}")] + [(k, tc[k]) for k in train_keys if k in tc]
+    rows = "\n".join(f"| {k} | {v} |" for k, v in settings)
+    tags = ["gpt2", "character-level", "text-generation"] + (["tiny-shakespeare"] if shakespeare else [])
+    front = "\n".join(
+        ["---", "library_name: char-gpt", "license: mit", "pipeline_tag: text-generation", "tags:"]
+        + [f"- {t}" for t in tags]
+        + (["datasets:", "- karpathy/tiny_shakespeare"] if shakespeare else [])
+        + ["---"]
+    )
+    dataset = (
+        "[tiny Shakespeare](https://huggingface.co/datasets/karpathy/tiny_shakespeare) (Karpathy's char-rnn corpus, "
+        "1.1M characters of Shakespeare's plays); the first 90% trains, the last 10% validates."
+        if shakespeare
+        else f"{info.get('dataset', 'a text')} prepared with data/prepare.py (first 90% trains, last 10% validates)."
+    )
+    curve = "\n![loss curve](loss.png)\n" if (Path(out_dir) / "loss.png").is_file() else ""
+    fence = "````" if sample and "```" in sample else "```"  # a sample must not close its own code block
+    sample_block = (
+        f"\n## Sample\n\nPrompt: a newline; temperature 0.8, seed 0, 300 characters, as generated:\n\n{fence}text\n{sample}\n{fence}\n"
+        if sample
+        else ""
+    )
+    tokens = info.get("tokens_seen")
+    return f"""{front}
+# Character-level GPT-2 ({n_params / 1e6:.2f}M parameters)
+
+A GPT-2 that reads and writes one character at a time ({config["n_layer"]} layers, {config["n_head"]} heads,
+{config["n_embd"]} dimensions, a context of {config["block_size"]} characters), trained from scratch with
+`train_gpt2.py` from the "Let's build GPT" course project. Its vocabulary ({vocab_size} characters) is stored in
+config.json, so the model needs no separate tokenizer file.
+
+## Results
+
+| metric | value |
+|---|---|
+{val}
+| train loss (estimate at the saved step) | {fmt(info.get("train_loss"), ".4f")} |
+| steps | {fmt(info.get("step"), ",")} |
+| tokens seen | {fmt(tokens, ",")} |
+| hardware | {fmt(info.get("hardware"))} |
+| precision | {fmt(info.get("dtype"))} |
+
+The loss is the cross-entropy in nats per character: the average of -ln(probability the model gave the true next
+character). Guessing uniformly among the {vocab_size} characters scores ln({vocab_size}) = {math.log(vocab_size):.2f};
+lower is better, and exp(loss) is how many characters the model is, on average, still choosing between.
+{curve}{sample_block}
+## Usage
+
+Needs `model_gpt2.py` from the project (and torch, huggingface_hub, safetensors).
+
+```python
+from model_gpt2 import load_model
+
+model = load_model("{repo}")  # or the local folder written by train_gpt2.py
+print(model.generate_text("ROMEO:", max_new_tokens=300, temperature=0.8, seed=0))
+```
+
+```bash
+python sample_gpt2.py --model {repo} --prompt "ROMEO:"   # streams to the terminal
+python app.py --model {repo}                             # the Gradio app, locally
+```
+
+## Configuration
+
+| setting | value |
 |---|---|
 {rows}
 
-```json
-{json.dumps(info, indent=1)}
-```
+## Dataset
+
+{dataset}
+
+## License
+
+MIT.
 """
+
+
+# ---------------------------------------------------------------------------- Hub access
+
+
+def check_repo_id(repo_id: str, what: str = "repo id") -> None:
+    if not REPO_ID.match(repo_id or ""):
+        raise HubError(
+            f"{what} must look like ORG/NAME (your user or organization name, a slash, a name), got {repo_id!r}"
+        )
+
+
+def ready_to_upload(token: str | None) -> str:
+    """Offline mode or no token: fail before anything is sent."""
+    if constants.is_offline_mode():
+        raise HubError("offline mode is on (HF_HUB_OFFLINE=1): unset HF_HUB_OFFLINE to upload to the Hub")
+    token = token or get_token()
+    if not token:
+        raise HubError(
+            "no Hugging Face token: run `hf auth login` (with a token that has write access) or set HF_TOKEN"
+        )
+    return token
+
+
+@contextmanager
+def hub_errors(repo_id: str):
+    """Turn what the Hub (or the network) answers into a HubError naming the repo and what to do."""
+    try:
+        yield
+    except OfflineModeIsEnabled as e:
+        raise HubError(f"offline mode is on, so {repo_id} cannot be reached: unset HF_HUB_OFFLINE") from e
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        if status in (401, 403):
+            raise HubError(
+                f"the Hub refused to write to {repo_id} (HTTP {status}): your token cannot write there. Log in with a "
+                f"token that has write access (`hf auth login`, or HF_TOKEN), and check that {repo_id.split('/')[0]} "
+                "is your user name or an organization where you may create repos."
+            ) from e
+        raise HubError(f"the Hub answered HTTP {status} for {repo_id}: {e.server_message or e}") from e
+    except (HTTPError, OSError) as e:  # connection refused, DNS, timeout
+        raise HubError(
+            f"could not reach the Hub at {constants.ENDPOINT} for {repo_id} ({type(e).__name__}: {e}). "
+            "Check your connection (and HF_ENDPOINT) and run the command again."
+        ) from e
+
+
+def push_model(out_dir, repo_id: str, token: str | None = None, private: bool = False, api=None) -> str:
+    """Upload the model in out_dir to the Hub model repo repo_id; return its URL.
+
+    `api` is an HfApi (tests pass a recording stand-in). The files are staged in a temporary
+    folder, so out_dir is never modified.
+    """
+    out_dir = Path(out_dir)
+    check_repo_id(repo_id)
+    try:
+        model = load_model(out_dir)  # upload only what loads
+    except (ValueError, OSError) as e:
+        raise HubError(f"{out_dir} does not hold a model that loads, so nothing was pushed: {e}") from e
+    token = ready_to_upload(token)
+    config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+    sample = model.generate_text("\n", 300, temperature=0.8, seed=0)
+    api = api or HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp)
+        names = [name for name in MODEL_FILES if (out_dir / name).is_file()]
+        for name in names:
+            shutil.copy2(out_dir / name, staging / name)
+        card = render_model_card(config, out_dir, sample=sample, repo_id=repo_id)
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        val = (config.get("train_info") or {}).get("val_loss_full")
+        with hub_errors(repo_id):
+            api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
+            api.upload_folder(
+                repo_id=repo_id, folder_path=staging, repo_type="model",
+                commit_message=f"Upload model (step {model.train_info.get('step')}, val loss {val})",
+            )  # fmt: skip
+    url = f"{constants.ENDPOINT}/{repo_id}"
+    print(f"pushed {', '.join(names + ['README.md'])} from {out_dir} to {url}")
+    return url
+
+
+# ---------------------------------------------------------------------------- Space
+
+
+def space_requirements(requirements: str) -> str:
+    """The repo's requirements.txt for a CPU Space: the CPU torch index first, training-only packages out."""
+    keep = []
+    for line in requirements.splitlines():
+        line = line.strip()
+        name = re.split(r"[<>=!~\[;\s]", line, maxsplit=1)[0].lower()
+        if line and not line.startswith("#") and name not in TRAINING_ONLY:
+            keep.append(line)
+    # with this index, pip resolves torch==X to X+cpu (~200 MB) instead of the CUDA build (several GB)
+    return "\n".join([CPU_TORCH_INDEX, *keep]) + "\n"
+
+
+def gradio_pin(requirements: str) -> str:
+    m = re.search(r"^gradio==([\w.]+)\s*$", requirements, flags=re.MULTILINE)
+    if not m:
+        raise HubError("requirements.txt must pin gradio==X.Y.Z: the Space's sdk_version is read from that pin")
+    return m.group(1)
+
+
+def render_space_readme(space_id: str, model_repo: str, sdk_version: str) -> str:
+    title = space_id.split("/")[1]
+    return f"""---
+title: {json.dumps(title)}
+emoji: 🎭
+colorFrom: indigo
+colorTo: gray
+sdk: gradio
+sdk_version: "{sdk_version}"
+python_version: "3.11"
+app_file: app.py
+models:
+- {model_repo}
+license: mit
+short_description: Stream text from a character-level GPT-2
+---
+# {title}
+
+Streams text from [{model_repo}](https://huggingface.co/{model_repo}), a character-level GPT-2 trained from
+scratch. The app reads the model's repo id from the Space variable `GPT_MODEL` (set by `python hub.py deploy`),
+so pointing the Space at another model is a change of that variable, not of the code.
+
+Runs on CPU: it needs about 1 GB of RAM and 2 vCPUs (the default `cpu-basic` hardware). Per huggingface_hub's
+documentation, Gradio Spaces on the free `cpu-basic` hardware may need a subscription (PRO, Team or Enterprise).
+"""
+
+
+def deploy_space(space_id: str, model_repo: str, token: str | None = None, api=None, private: bool = False) -> str:
+    """Create or update the Gradio Space space_id serving model_repo; return the Space's URL."""
+    check_repo_id(space_id, "Space id")
+    check_repo_id(model_repo, "model repo id")
+    missing = [name for name in (*SPACE_FILES, "requirements.txt") if not (ROOT / name).is_file()]
+    if missing:
+        raise HubError(f"{' and '.join(missing)} not found in {ROOT}: the Space is built from these files")
+    requirements = (ROOT / "requirements.txt").read_text(encoding="utf-8")
+    sdk_version = gradio_pin(requirements)
+    token = ready_to_upload(token)
+    api = api or HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp)
+        for name in SPACE_FILES:
+            shutil.copy2(ROOT / name, staging / name)
+        (staging / "requirements.txt").write_text(space_requirements(requirements), encoding="utf-8")
+        (staging / "README.md").write_text(render_space_readme(space_id, model_repo, sdk_version), encoding="utf-8")
+        with hub_errors(space_id):
+            api.create_repo(
+                space_id, repo_type="space", space_sdk="gradio", exist_ok=True, private=private,
+                space_variables=[{"key": "GPT_MODEL", "value": model_repo}],
+            )  # fmt: skip
+            api.upload_folder(
+                repo_id=space_id,
+                folder_path=staging,
+                repo_type="space",
+                commit_message=f"Deploy the app for {model_repo}",
+            )
+            # create_repo ignores space_variables when the Space already exists: set it again
+            api.add_space_variable(space_id, "GPT_MODEL", model_repo)
+    url = f"{constants.ENDPOINT}/spaces/{space_id}"
+    print(f"deployed the app for {model_repo} to {url} (it builds for a few minutes)")
+    return url
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    push = sub.add_parser("push", help="upload a model folder to a Hub model repo")
+    push.add_argument("out_dir", help="folder written by train_gpt2.py --out-dir")
+    push.add_argument("repo_id", help="ORG/NAME of the model repo (created if needed)")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    deploy = sub.add_parser("deploy", help="create or update a Gradio Space serving a Hub model")
+    deploy.add_argument("space_id", help="ORG/NAME of the Space (created if needed)")
+    deploy.add_argument("--model", required=True, help="ORG/NAME of the model repo the app loads")
+    deploy.add_argument("--private", action="store_true", help="create the Space as private")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "push":
+            push_model(args.out_dir, args.repo_id, private=args.private)
+        else:
+            deploy_space(args.space_id, args.model, private=args.private)
+    except HubError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

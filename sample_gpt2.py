@@ -1,0 +1,91 @@
+"""Sample from a trained character-level GPT-2, printing the text as it is generated.
+
+    python sample_gpt2.py --model out --prompt "ROMEO:" --max-new-tokens 500
+    python sample_gpt2.py --model ORG/NAME --temperature 0.8 --top-k 40 --seed 1 --num-samples 3
+    python sample_gpt2.py --help                             # every flag, with its default
+
+--model takes a folder written by train_gpt2.py or a Hugging Face Hub repo id. One sample
+streams to stdout character by character. Several samples are generated together as one
+batch (a step costs about the same for 1 or 8 sequences) and printed when the batch is done,
+each followed by a line of dashes. The same --seed gives the same text.
+"""
+
+import argparse
+import contextlib
+import sys
+from dataclasses import dataclass, field, fields
+
+from model_gpt2 import check_sampling, load_model
+from train_gpt2 import pick_device
+
+
+@dataclass
+class SampleConfig:
+    """Every field is a command-line flag: --max-new-tokens, --top-k, ..."""
+
+    model: str = field(default="out", metadata={"help": "folder written by train_gpt2.py, or a Hub repo id ORG/NAME"})
+    prompt: str = field(default="\n", metadata={"help": "text the samples continue (default: %(default)r)"})
+    max_new_tokens: int = field(default=500, metadata={"help": "characters to generate per sample"})
+    temperature: float = field(default=0.8, metadata={"help": "0 = greedy (always the most likely character)"})
+    top_k: int = field(default=0, metadata={"help": "keep only the k most likely characters (0 = all)"})
+    top_p: float = field(
+        default=1.0, metadata={"help": "keep the fewest characters whose probability reaches p (1 = all)"}
+    )
+    seed: int = field(default=1337, metadata={"help": "random seed: the same seed gives the same text"})
+    num_samples: int = field(default=1, metadata={"help": "samples to generate (as one batch when > 1)"})
+    device: str = field(default="auto", metadata={"help": "auto = cuda > mps > cpu"})
+
+
+def parse_args(argv=None) -> SampleConfig:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    for f in fields(SampleConfig):
+        ap.add_argument("--" + f.name.replace("_", "-"), type=f.type, default=f.default, help=f.metadata["help"])
+    return SampleConfig(**vars(ap.parse_args(argv)))
+
+
+def sample(cfg: SampleConfig) -> None:
+    """Print cfg.num_samples continuations of cfg.prompt; raise ValueError/OSError on bad input."""
+    check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)  # before the slow part
+    if cfg.num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {cfg.num_samples}")
+    device = pick_device(cfg.device)
+    with contextlib.redirect_stdout(sys.stderr):  # huggingface_hub prints "Loading weights..."; stdout is the text
+        model = load_model(cfg.model, device)
+    print(f"{cfg.model}: {model.num_params() / 1e6:.2f}M parameters on {device}", file=sys.stderr)
+    unknown = model.tokenizer.unknown_chars(cfg.prompt)
+    if unknown:
+        raise ValueError(
+            f"the prompt has {len(unknown)} character(s) the model never saw: {', '.join(map(repr, unknown))}. "
+            f"Remove them; the model knows only these {len(model.tokenizer)}: {model.tokenizer.vocab!r}"
+        )
+    sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed)
+    if cfg.num_samples == 1:
+        print(cfg.prompt, end="", flush=True)
+        for ch, _prob in model.stream_text(cfg.prompt, cfg.max_new_tokens, **sampling):
+            print(ch, end="", flush=True)
+        print()
+        return
+    idx = model.encode_prompt(cfg.prompt).repeat(cfg.num_samples, 1)  # (num_samples, T)
+    steps = [tok for tok, _prob in model.stream(idx, cfg.max_new_tokens, **sampling)]  # each (num_samples,)
+    for i in range(cfg.num_samples):
+        print(cfg.prompt + model.tokenizer.decode([int(tok[i]) for tok in steps]))
+        print("---------------", flush=True)
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    try:
+        sample(cfg)
+    except (ValueError, OSError) as e:  # bad flag, missing folder or repo, unknown characters
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print()
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

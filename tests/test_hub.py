@@ -1,0 +1,350 @@
+"""Sharing a model: the model card, downloading from a Hub-compatible server, pushing and deploying.
+
+Downloads go through a real Hub-compatible server on loopback (olah). Uploads cannot: olah is
+read-only and there is no upload server here, so push and deploy run against a recording
+stand-in for HfApi and the tests check exactly what would be sent (repo ids, repo types, file
+names and bytes, the Space variable) and that every failure is a clear HubError raised before
+anything is sent, leaving the local files untouched.
+"""
+
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2
+import pytest
+import torch
+import yaml
+from conftest import ROOT, make_tiny_model, require
+from huggingface_hub import constants
+from huggingface_hub.errors import HfHubHTTPError
+from olah_server import INSTALL_HINT, find_olah_cli, olah_server
+
+import hub
+from hub import HubError, deploy_space, push_model, render_model_card
+from model_gpt2 import load_model
+
+REPO = "testorg/tiny-gpt"
+SPACE = "testorg/tiny-gpt-demo"
+PROMPT = "ROMEO:"
+
+
+def front_matter(text: str) -> dict:
+    assert text.startswith("---\n"), text[:100]
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+class RecordingApi:
+    """Stands in for HfApi: records every call and, for upload_folder, the files as they would be sent.
+
+    `fail` (an exception) is raised by the call named `fail_on`, as the Hub or the network would."""
+
+    def __init__(self, fail: Exception | None = None, fail_on: str = "create_repo"):
+        self.calls, self.sent, self.fail, self.fail_on = [], None, fail, fail_on
+
+    def _record(self, name, *args, **kwargs):
+        self.calls.append((name, args, kwargs))
+        if self.fail is not None and name == self.fail_on:
+            raise self.fail
+
+    def create_repo(self, repo_id, **kwargs):
+        self._record("create_repo", repo_id, **kwargs)
+
+    def upload_folder(self, *, folder_path, **kwargs):
+        self.sent = files_of(Path(folder_path))  # read now: the staging folder is temporary
+        self._record("upload_folder", **kwargs)
+
+    def add_space_variable(self, repo_id, key, value, **kwargs):
+        self._record("add_space_variable", repo_id, key, value, **kwargs)
+
+
+def http_error(status: int) -> HfHubHTTPError:
+    request = httpx2.Request("POST", f"https://huggingface.co/api/repos/create?{status}")
+    return HfHubHTTPError(f"{status} Client Error", response=httpx2.Response(status, request=request))
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """conftest turns offline mode on for the whole session; these tests need it off (nothing is sent anyway)."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.fixture(scope="module")
+def trained_out(tmp_path_factory, prepared_data) -> Path:
+    """An out-dir from a real (tiny) training run: config.json, model.safetensors, README.md,
+    resume.safetensors, metrics.jsonl, loss.png."""
+    from train_gpt2 import config_from_preset, train
+
+    out = tmp_path_factory.mktemp("trained") / "out"
+    cfg = config_from_preset(
+        "cpu", data_dir=str(prepared_data), out_dir=str(out), max_iters=20, eval_interval=10, eval_iters=2,
+        n_layer=1, n_embd=32, n_head=2, block_size=32, sample_chars=0,
+    )  # fmt: skip
+    train(cfg, progress=False)
+    return out
+
+
+# ---------------------------------------------------------------------------- model card
+
+
+def test_model_card_reports_whole_split_loss_config_and_usage(tmp_path, shakespeare_vocab):
+    model = make_tiny_model(shakespeare_vocab)
+    model.train_info.update(
+        val_loss_full=1.2345,
+        train_loss=1.1,
+        hardware="test CPU",
+        train_config={"learning_rate": 0.004, "eval_iters": 20},
+    )
+    (tmp_path / "loss.png").write_bytes(b"png")
+    card = render_model_card(model.hub_config(), tmp_path, sample="KING: hello", repo_id=REPO)
+    meta = front_matter(card)
+    assert meta["library_name"] == "char-gpt" and meta["license"] == "mit" and meta["pipeline_tag"] == "text-generation"
+    assert meta["datasets"] == ["karpathy/tiny_shakespeare"] and "tiny-shakespeare" in meta["tags"]
+    assert "| validation loss (whole validation split) | 1.2345 |" in card
+    assert (
+        "| tokens seen | 12,345 |" in card and "| hardware | test CPU |" in card and "| learning_rate | 0.004 |" in card
+    )
+    assert f"| parameters | {model.num_params():,} |" in card
+    assert "![loss curve](loss.png)" in card and "KING: hello" in card
+    assert (
+        f'load_model("{REPO}")' in card
+        and f"sample_gpt2.py --model {REPO}" in card
+        and f"app.py --model {REPO}" in card
+    )
+    assert "ln(65) = 4.17" in card
+
+
+def test_model_card_labels_the_batch_estimate_and_omits_what_is_missing(tmp_path):
+    vocab = "abcdefghij"
+    model = make_tiny_model(vocab, bias=False)  # conftest's train_info: val_loss only, no val_loss_full
+    model.train_info["train_config"] = {"eval_iters": 7}
+    card = render_model_card(model.hub_config(), tmp_path)
+    assert "| validation loss (estimate on 7 fixed batches of the validation split) | 3.2100 |" in card
+    assert f"| parameters | {model.num_params():,} |" in card  # the count without biases
+    assert "loss.png" not in card and "## Sample" not in card and "datasets" not in front_matter(card)
+    assert "ln(10) = 2.30" in card
+
+
+# ---------------------------------------------------------------------------- download from a Hub server
+
+DOWNLOAD = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from model_gpt2 import load_model
+model = load_model({repo!r})
+idx = torch.arange(model.config.block_size).unsqueeze(0) % model.config.vocab_size
+with torch.no_grad():
+    logits = model(idx)[0]
+try:
+    load_model("testorg/no-such-model")
+    missing = None
+except Exception as e:
+    missing = f"{{type(e).__name__}}: {{e}}"
+torch.save({{"logits": logits, "text": model.generate_text({prompt!r}, 100, temperature=0), "missing": missing}}, {out!r})
+"""
+
+
+@pytest.fixture(scope="module")
+def hub_download(tmp_path_factory, tiny_model_dir):
+    """Serve tiny_model_dir as testorg/tiny-gpt with olah; load it in a fresh Python pointed at the server."""
+    cli = find_olah_cli()
+    require(cli is not None, f"olah not installed: run {INSTALL_HINT}")
+    work = tmp_path_factory.mktemp("olah")
+    files = [tiny_model_dir / name for name in ("config.json", "model.safetensors", "README.md")]
+    with olah_server(cli, work, {REPO: files}) as endpoint:
+        # in a subprocess: huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE and HF_HUB_CACHE at import
+        env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(work / "cache")}
+        env.pop("HF_TOKEN", None)
+        out = work / "result.pt"
+        code = DOWNLOAD.format(root=str(ROOT), repo=REPO, prompt=PROMPT, out=str(out))
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:] + (work / "olah.log").read_text(errors="replace")[-2000:]
+    return torch.load(out, weights_only=True), work / "cache"
+
+
+def test_model_downloaded_from_hub_server_matches_local(hub_download, tiny_model_dir):
+    result, cache = hub_download
+    local = load_model(tiny_model_dir)
+    idx = torch.arange(local.config.block_size).unsqueeze(0) % local.config.vocab_size
+    with torch.no_grad():
+        assert torch.equal(result["logits"], local(idx)[0])
+    assert result["text"] == local.generate_text(PROMPT, 100, temperature=0)
+    (snapshot,) = (cache / "models--testorg--tiny-gpt" / "snapshots").iterdir()
+    assert (snapshot / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+
+
+def test_missing_hub_repo_is_a_clear_error_naming_it(hub_download):
+    missing = hub_download[0]["missing"]
+    assert missing is not None, "loading a repo the server does not have succeeded"
+    assert "testorg/no-such-model" in missing
+    assert missing.split(":")[0] in ("OSError", "ValueError", "FileNotFoundError")  # what sample_gpt2 and the app catch
+
+
+# ---------------------------------------------------------------------------- push (recording stand-in)
+
+
+def test_push_sends_exactly_the_model_files_and_a_fresh_card(trained_out, online):
+    before = files_of(trained_out)
+    api = RecordingApi()
+    url = push_model(trained_out, REPO, token="hf_test", api=api)
+    assert url.endswith("/" + REPO)
+    assert [c[0] for c in api.calls] == ["create_repo", "upload_folder"]
+    assert api.calls[0][1] == (REPO,) and api.calls[0][2] == {"repo_type": "model", "exist_ok": True, "private": False}
+    assert api.calls[1][2]["repo_id"] == REPO and api.calls[1][2]["repo_type"] == "model"
+    assert set(api.sent) == {"config.json", "model.safetensors", "README.md", "metrics.jsonl", "loss.png"}
+    for name in ("config.json", "model.safetensors", "metrics.jsonl", "loss.png"):
+        assert api.sent[name] == before[name], name
+    card = api.sent["README.md"].decode()
+    info = json.loads(before["config.json"])["train_info"]
+    assert f"| validation loss (whole validation split) | {info['val_loss_full']:.4f} |" in card
+    assert (
+        f'load_model("{REPO}")' in card
+        and f"sample_gpt2.py --model {REPO}" in card
+        and f"app.py --model {REPO}" in card
+    )
+    assert "![loss curve](loss.png)" in card
+    assert load_model(trained_out).generate_text("\n", 300, temperature=0.8, seed=0) in card
+    assert files_of(trained_out) == before  # resume.safetensors and the local README untouched
+
+
+def test_push_without_token_fails_before_sending(trained_out, online, monkeypatch, tmp_path):
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # as if never logged in
+    api = RecordingApi()
+    with pytest.raises(HubError, match=r"hf auth login.*HF_TOKEN"):
+        push_model(trained_out, REPO, api=api)
+    with pytest.raises(HubError, match=r"hf auth login"):
+        deploy_space(SPACE, REPO, api=api)
+    assert api.calls == []
+
+
+def test_push_in_offline_mode_fails_before_sending(trained_out, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    api = RecordingApi()
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE"):
+        push_model(trained_out, REPO, token="hf_test", api=api)
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE"):
+        deploy_space(SPACE, REPO, token="hf_test", api=api)
+    assert api.calls == []
+
+
+def test_push_forbidden_is_a_clear_error_naming_the_repo(trained_out, online):
+    before = files_of(trained_out)
+    with pytest.raises(HubError, match=rf"refused to write to {REPO} \(HTTP 403\).*write access"):
+        push_model(trained_out, REPO, token="hf_test", api=RecordingApi(http_error(403)))
+    assert files_of(trained_out) == before
+
+
+def test_push_refuses_a_folder_that_does_not_load(tmp_path, online):
+    (tmp_path / "config.json").write_text("{}")
+    api = RecordingApi()
+    with pytest.raises(HubError, match="model.safetensors missing"):
+        push_model(tmp_path, REPO, token="hf_test", api=api)
+    assert api.calls == []
+
+
+# ---------------------------------------------------------------------------- deploy (recording stand-in)
+
+
+@pytest.fixture
+def space_root(monkeypatch, tmp_path) -> Path:
+    """The folder deploy_space reads app.py from: the repo once app.py exists, else a copy with a stand-in
+    app.py (so this test runs before app.py lands; the assertions read whatever file is used)."""
+    if (ROOT / "app.py").is_file():
+        return ROOT
+    for name in ("model_gpt2.py", "requirements.txt"):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    (tmp_path / "app.py").write_text("# stand-in until app.py exists\n")
+    monkeypatch.setattr(hub, "ROOT", tmp_path)
+    return tmp_path
+
+
+def test_deploy_sends_the_app_cpu_requirements_and_space_card(space_root, online):
+    api = RecordingApi()
+    url = deploy_space(SPACE, REPO, token="hf_test", api=api)
+    assert url.endswith("/spaces/" + SPACE)
+    assert [c[0] for c in api.calls] == ["create_repo", "upload_folder", "add_space_variable"]
+    assert api.calls[0][1] == (SPACE,)
+    assert api.calls[0][2] == {
+        "repo_type": "space", "space_sdk": "gradio", "exist_ok": True, "private": False,
+        "space_variables": [{"key": "GPT_MODEL", "value": REPO}],
+    }  # fmt: skip
+    assert api.calls[1][2]["repo_id"] == SPACE and api.calls[1][2]["repo_type"] == "space"
+    assert api.calls[2][1] == (SPACE, "GPT_MODEL", REPO)  # updates an existing Space too
+    assert set(api.sent) == {"app.py", "model_gpt2.py", "requirements.txt", "README.md"}
+    assert api.sent["app.py"] == (space_root / "app.py").read_bytes()
+    assert api.sent["model_gpt2.py"] == (ROOT / "model_gpt2.py").read_bytes()
+
+    repo_reqs = (ROOT / "requirements.txt").read_text()
+    reqs = api.sent["requirements.txt"].decode().splitlines()
+    assert reqs[0] == "--extra-index-url https://download.pytorch.org/whl/cpu"
+    assert any(line.startswith("torch==") for line in reqs) and not any("matplotlib" in line for line in reqs)
+    runtime = [
+        line for line in repo_reqs.splitlines() if line and not line.startswith("#") and "matplotlib" not in line
+    ]
+    assert reqs[1:] == runtime
+
+    pinned = re.search(r"^gradio==(\S+)$", repo_reqs, re.MULTILINE).group(1)
+    assert pinned == importlib.metadata.version("gradio")  # the Space runs the Gradio the app was tested with
+    meta = front_matter(api.sent["README.md"].decode())
+    assert meta["sdk"] == "gradio" and meta["sdk_version"] == pinned and meta["app_file"] == "app.py"
+    assert meta["models"] == [REPO] and meta["python_version"] == "3.11" and meta["license"] == "mit"
+    assert meta["title"] and meta["emoji"] and len(meta["short_description"]) <= 60
+
+
+@pytest.mark.parametrize(
+    "error, fail_on, message",
+    [
+        (http_error(403), "create_repo", rf"refused to write to {SPACE} \(HTTP 403\).*write access"),
+        (http_error(401), "upload_folder", rf"refused to write to {SPACE} \(HTTP 401\)"),
+        (http_error(500), "upload_folder", rf"the Hub answered HTTP 500 for {SPACE}"),
+        (httpx2.ConnectError("connection refused"), "add_space_variable", rf"could not reach the Hub .* for {SPACE}"),
+    ],
+)
+def test_deploy_refused_or_unreachable_is_a_clear_error(space_root, online, error, fail_on, message):
+    with pytest.raises(HubError, match=message):
+        deploy_space(SPACE, REPO, token="hf_test", api=RecordingApi(error, fail_on))
+
+
+def test_deploy_without_app_py_says_so(monkeypatch, tmp_path, online):
+    shutil.copy2(ROOT / "requirements.txt", tmp_path / "requirements.txt")
+    shutil.copy2(ROOT / "model_gpt2.py", tmp_path / "model_gpt2.py")
+    monkeypatch.setattr(hub, "ROOT", tmp_path)
+    api = RecordingApi()
+    with pytest.raises(HubError, match="app.py not found"):
+        deploy_space(SPACE, REPO, token="hf_test", api=api)
+    assert api.calls == []
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["push", "{out}", REPO], {"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_test"}, "offline mode is on"),
+        (["deploy", SPACE, "--model", REPO], {"HF_HUB_OFFLINE": "0"}, "no Hugging Face token: run `hf auth login`"),
+        (["push", "no-such-dir", REPO], {}, "does not hold a model that loads"),
+        (["push", "{out}", "not-a-repo-id"], {}, "must look like ORG/NAME"),
+    ],
+)
+def test_cli_errors_exit_2_with_a_message(trained_out, tmp_path, args, env, message):
+    hf_vars = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_OIDC_RESOURCE")
+    base = {k: v for k, v in os.environ.items() if k not in hf_vars}
+    env = {**base, "HF_HOME": str(tmp_path), **env}  # an empty HF home: no saved token
+    args = [a.format(out=trained_out) for a in args]
+    proc = subprocess.run(
+        [sys.executable, "hub.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
