@@ -379,11 +379,15 @@ def save_resume_state(path: Path, model: GPT, optimizer, scaler, state: dict) ->
     os.replace(tmp, path)
 
 
+def read_resume_meta(path: Path) -> dict:
+    """The JSON part of a resume state (step, best val loss, config...) without loading any tensor."""
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["state"])
+
+
 def read_resume_state(path: Path) -> tuple[dict, dict]:
     with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["state"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return meta, tensors
+        return json.loads(f.metadata()["state"]), {k: f.get_tensor(k) for k in f.keys()}
 
 
 def restore_resume_state(tensors: dict, meta: dict, model: GPT, optimizer, scaler) -> None:
@@ -730,17 +734,24 @@ def compile_or_eager(model):
 def plot_losses(out_dir: Path) -> Path | None:
     """loss.png: train and val loss against step, from metrics.jsonl."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        fig = loss_figure(out_dir)
     except ImportError:
         print("matplotlib is not installed: no loss.png (pip install matplotlib)")
         return None
+    path = out_dir / "loss.png"
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def loss_figure(out_dir: Path):
+    """The loss curves as a bare matplotlib Figure (not pyplot, so a notebook's backend is left alone)."""
+    from matplotlib.figure import Figure
+
     recs = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     train = [(r["step"], r["train_loss"]) for r in recs if "val_loss" not in r]
     val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train), label="train (batch)", alpha=0.5)
     if val:
@@ -750,10 +761,7 @@ def plot_losses(out_dir: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = out_dir / "loss.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def main(argv=None) -> int:

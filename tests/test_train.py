@@ -341,3 +341,38 @@ def test_resume_with_data_of_another_vocabulary(prepared_data, tmp_path, short_r
     proc = main_in_process(capsys, f"--data-dir={other_data}", f"--out-dir={out}", *TINY_FLAGS, "--resume")
     assert proc.returncode == 2 and "different vocabulary" in proc.stderr
     assert untouched(out) == before
+
+
+# ---------------------------------------------------------------- devices, precision, compile
+
+
+def test_dtype_is_decided_by_the_gpu(monkeypatch):
+    assert tg.pick_dtype("cpu") == torch.float32 and tg.pick_dtype("mps") == torch.float32
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert tg.pick_dtype("cuda") == torch.bfloat16  # A100, H100, RTX 30xx/40xx
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert tg.pick_dtype("cuda") == torch.float16  # T4, V100: fp16 with a GradScaler
+    assert tg.pick_dtype("cuda", "float32") == torch.float32
+    assert isinstance(tg.autocast_context("cpu", torch.float32), type(__import__("contextlib").nullcontext()))
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    def broken(model, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = make_tiny_model("abcd")
+    with pytest.warns(UserWarning, match="torch.compile failed .* training eagerly"):
+        assert tg.compile_or_eager(model) is model
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA AMP, fused AdamW and compile need a GPU")
+def test_cuda_amp_fused_adamw_and_compile(prepared_data, tmp_path):
+    summary = tg.train(
+        tg.config_from_preset(None, data_dir=str(prepared_data), out_dir=str(tmp_path / "out"), **TINY,
+                              max_iters=50, eval_interval=25, device="cuda", compile=True),
+        progress=False,
+    )  # fmt: skip
+    assert summary["best_val_loss"] < 3.5
+    model = make_tiny_model("abcd").cuda()
+    assert model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cuda").defaults["fused"] is True
