@@ -1,0 +1,234 @@
+"""Serve a trained character-level GPT-2 in the browser: a Gradio app that streams its text.
+
+    python app.py --model out --port 7860         # a folder written by train_gpt2.py
+    python app.py --model ORG/NAME                # a model on the Hugging Face Hub
+
+On a Hugging Face Space this file runs unchanged: the Space variable GPT_MODEL names the model
+repo and the app listens on 0.0.0.0:7860. The event is also an API:
+
+    from gradio_client import Client
+    Client("http://127.0.0.1:7860").predict("ROMEO:", 200, 0.7, 0, api_name="/generate")
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+from model_gpt2 import GPT, load_model
+
+MAX_SEED = 2**32 - 1
+MAX_TOKENS = 2000  # enough for a page of text; a request holds one of the two workers while it runs
+STREAM_EVERY = 0.05  # seconds between streamed updates: smooth to the eye, ~20 messages a second
+EXAMPLES = ["ROMEO:", "First Citizen:\n", "To be, or not", "KING RICHARD III:\nNow is the"]
+TRAIN_HINT = "python data/prepare.py && python train_gpt2.py --preset cpu --out-dir out"
+
+# how sure the model was of each character it wrote (the probability it gave it): label -> colour
+COLORS = {"p>0.8": "#16a34a", "0.5-0.8": "#a3e635", "0.2-0.5": "#facc15", "<0.2": "#f87171"}
+# the coloured characters read as running text, not as separate padded chips
+CSS = "#colored .token { margin: 0 !important; padding: 0 !important; border-radius: 0 !important; }"
+
+
+def bucket(prob: float) -> str:
+    return "p>0.8" if prob > 0.8 else "0.5-0.8" if prob > 0.5 else "0.2-0.5" if prob > 0.2 else "<0.2"
+
+
+def as_int(value, name: str, low: int | None = None, high: int | None = None, allow_none: bool = False):
+    """An integer from a UI/API value (50, 50.0 or "50"), or gr.Error stating the valid range."""
+    valid = f"an integer from {low} to {high}" if high is not None else "an integer"
+    valid += " or empty" if allow_none else ""
+    if value is None or value == "":
+        if allow_none:
+            return None
+        raise gr.Error(f"{name} must be {valid}, got nothing")
+    try:
+        number = value if isinstance(value, int) else float(value)  # an int stays exact (large seeds)
+        ok = number == int(number) and (low is None or number >= low) and (high is None or number <= high)
+    except (TypeError, ValueError, OverflowError):  # "abc", nan, inf
+        ok = False
+    if not ok:
+        raise gr.Error(f"{name} must be {valid}, got {value!r}")
+    return int(number)
+
+
+def as_float(value, name: str, valid: str, ok) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be {valid}, got {value!r}") from None
+    if not ok(number):
+        raise gr.Error(f"{name} must be {valid}, got {value!r}")
+    return number
+
+
+def count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
+
+
+def model_facts(model: GPT, source: str) -> str:
+    """The header: what this model is, read from the model itself."""
+    c, info = model.config, model.train_info
+    val = info.get("val_loss_full") or info.get("val_loss")
+    tokens = info.get("tokens_seen")
+    val_text = f"{val:.3f}" if isinstance(val, (int, float)) else "not recorded"
+    tokens_text = count(tokens) if tokens else "not recorded"
+    return (
+        "# Character-level GPT-2\n"
+        f"**{count(model.num_params())} parameters** · {c.n_layer} layers · {c.n_head} heads · "
+        f"{c.n_embd} dim · context {c.block_size} characters · vocabulary {c.vocab_size} characters  \n"
+        f"Validation loss {val_text} (nats per character) · {tokens_text} tokens trained · model `{source}`"
+    )
+
+
+def make_generate(model: GPT):
+    """The event function for this model: a generator that yields (text so far, coloured text)."""
+    tok = model.tokenizer
+
+    def generate(prompt: str, max_tokens=100, temperature=0.7, top_n=None, top_p=1.0, seed=None):
+        """Continue `prompt` with `max_tokens` characters; yields the prompt + text as it grows."""
+        n = as_int(max_tokens, "max tokens", 1, MAX_TOKENS)
+        temperature = as_float(temperature, "temperature", "a number from 0 to 1 (0 = greedy)", lambda t: 0 <= t <= 1)
+        top_n = as_int(top_n, "top N", allow_none=True)  # <= 0 means all characters
+        top_p = as_float(1.0 if top_p in (None, "") else top_p, "top-p", "in (0, 1]", lambda p: 0 < p <= 1)
+        seed = as_int(seed, "seed", 0, MAX_SEED, allow_none=True)
+
+        prompt = str(prompt or " ")
+        unknown = tok.unknown_chars(prompt)
+        if unknown:
+            gr.Warning(f"Not in the model's vocabulary, left out: {' '.join(repr(ch) for ch in unknown)}")
+        text = "".join(ch for ch in prompt if ch in tok.stoi) or " "  # what the model really sees
+
+        colored = [(text, None)]
+        last = 0.0
+        stream = model.stream_text(
+            text,
+            n,
+            errors="drop",
+            temperature=temperature,
+            top_k=top_n if top_n and top_n > 0 else None,
+            top_p=top_p,
+            seed=seed,
+        )
+        for i, (ch, prob) in enumerate(stream, 1):
+            text += ch
+            colored.append((ch, bucket(prob)))
+            # the first character at once, then one update per ~50 ms: a message per character would
+            # flood the browser at hundreds of characters a second
+            if time.perf_counter() - last >= STREAM_EVERY and i < n:
+                last = time.perf_counter()
+                yield text, colored
+        yield text, colored
+
+    return generate
+
+
+def build_demo(model: GPT, source: str = "") -> gr.Blocks:
+    """The page around `model` (`source` names it in the header). Launch it with css=CSS."""
+    with gr.Blocks(title="Character-level GPT-2") as demo:
+        gr.Markdown(model_facts(model, source))
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(
+                    label="Prompt",
+                    lines=3,
+                    placeholder="Start the text; Shift+Enter generates. Empty = a space; characters the model never saw are left out.",
+                    elem_id="prompt",
+                )
+                with gr.Row():
+                    max_tokens = gr.Number(
+                        100, label="Max tokens", precision=0, minimum=1, maximum=MAX_TOKENS, elem_id="max_tokens"
+                    )
+                    top_n = gr.Number(
+                        0, label="Top N", precision=0, info="empty or 0 = all characters", elem_id="top_n"
+                    )
+                temperature = gr.Slider(
+                    0, 1, 0.7, step=0.05, label="Temperature", info="0 = always the likeliest", elem_id="temperature"
+                )
+                with gr.Accordion("More options", open=False):
+                    top_p = gr.Slider(
+                        0.01,
+                        1,
+                        1.0,
+                        step=0.01,
+                        label="Top-p",
+                        info="sample from the likeliest characters holding this much probability",
+                        elem_id="top_p",
+                    )
+                    seed = gr.Number(
+                        None,
+                        label="Seed",
+                        precision=0,
+                        info="empty = random; a number repeats the text",
+                        elem_id="seed",
+                    )
+                btn = gr.Button("Generate", variant="primary")
+                gr.Examples([[p] for p in EXAMPLES], inputs=[prompt])
+            with gr.Column(scale=2):
+                output = gr.Textbox(label="Prompt + generated text", lines=12, buttons=["copy"], elem_id="output")
+                colored = gr.HighlightedText(
+                    label="How sure the model was of each character",
+                    color_map=COLORS,
+                    show_legend=True,
+                    show_inline_category=False,
+                    combine_adjacent=True,
+                    elem_id="colored",
+                )
+        gr.on(
+            [btn.click, prompt.submit],
+            make_generate(model),
+            inputs=[prompt, max_tokens, temperature, top_n, top_p, seed],
+            outputs=[output, colored],
+            api_name="generate",
+            concurrency_limit=2,
+            # raw values reach generate(), which checks them and names the valid range itself
+            # (the components' own checks would say only "Value 1.5 is greater than maximum value 1")
+            preprocess=False,
+        )
+    # 2 vCPUs on a free Space: two generations at a time, the rest wait in line
+    return demo.queue(max_size=32, default_concurrency_limit=2)
+
+
+def pick_model(arg: str | None) -> str:
+    """--model, else the GPT_MODEL variable (a Space's setting), else out/ when it holds a model."""
+    source = arg or os.environ.get("GPT_MODEL")
+    if source:
+        return source
+    if Path("out", "config.json").is_file():
+        return "out"
+    sys.exit(
+        "No model to serve. Train one first:\n"
+        f"    {TRAIN_HINT}\n"
+        "or pass --model DIR_OR_REPO_ID (or set the GPT_MODEL environment variable, e.g. on a Space)."
+    )
+
+
+def main(argv=None):
+    on_space = bool(os.environ.get("SPACE_ID"))
+    ap = argparse.ArgumentParser(description="Serve a character-level GPT-2 with Gradio.")
+    ap.add_argument("--model", default=None, help="model folder or Hub repo id (default: $GPT_MODEL, else out/)")
+    ap.add_argument(
+        "--host",
+        default="0.0.0.0" if on_space else "127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 on a Space)",
+    )
+    ap.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    args = ap.parse_args(argv)
+
+    source = pick_model(args.model)
+    try:
+        model = load_model(source)
+    except (OSError, ValueError) as e:
+        sys.exit(f"Could not load the model {source!r}: {e}")
+    # one thread per request: decoding one character at a time is too small to split across cores,
+    # and two requests at once on 2 cores would otherwise fight over them
+    torch.set_num_threads(1)
+    print(f"serving {source}: {count(model.num_params())} parameters on http://{args.host}:{args.port}")
+    build_demo(model, source).launch(server_name=args.host, server_port=args.port, css=CSS)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The Gradio app end to end: the real `python app.py --model DIR --port P` command, its API through
+gradio_client, 8 requests at once, and a real browser (Debian's chromium driven by Playwright).
+
+The model is the random-weight tiny_model_dir, or APP_TEST_MODEL=DIR (a trained model gives a nicer
+screenshot; SAVE_SCREENSHOT=PATH keeps the browser's screenshot there, e.g. docs/app.png).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import ROOT, require
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from model_gpt2 import load_model
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir) -> Path:
+    return Path(os.environ.get("APP_TEST_MODEL") or tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return load_model(model_dir)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    """`python app.py --model DIR --port P`, as a user runs it; yields its URL once it answers HTTP 200."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    with open(log, "w") as f:
+        cmd = [sys.executable, "app.py", "--model", str(model_dir), "--port", str(port)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120  # import gradio ~5 s + launch ~5 s on a quiet machine
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"app.py exited with code {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"app.py did not answer on {url} within 120 s:\n{log.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server, verbose=False, analytics_enabled=False)
+
+
+def generate(client, *args):
+    """The API call a user makes: prompt, max tokens, temperature, top N[, top-p, seed]."""
+    return client.predict(*args, api_name="/generate")
+
+
+def test_greedy_output_is_the_prompt_plus_the_models_text(client, model):
+    text, colored = generate(client, "ROMEO:", 40, 0, 0)
+    assert text == model.generate_text("ROMEO:", 40, temperature=0)
+    assert len(text) == len("ROMEO:") + 40
+    # the coloured view holds the same text, each generated character labelled by its probability
+    assert "".join(span["token"] for span in colored) == text
+    assert {span["class_or_confidence"] for span in colored} - {None} <= {"p>0.8", "0.5-0.8", "0.2-0.5", "<0.2"}
+
+
+def test_sampling_defaults_and_empty_prompt(client, model):
+    text, _ = generate(client, "First Citizen:\n", 50, 0.7, 0)  # top-p and seed left to their defaults
+    assert text.startswith("First Citizen:\n") and len(text) == len("First Citizen:\n") + 50
+    text, _ = generate(client, "", 10, 0, 0)  # an empty prompt means a single space
+    assert text == model.generate_text(" ", 10, temperature=0)
+
+
+def test_a_seed_repeats_the_text(client):
+    a = generate(client, "To be, or not", 60, 1.0, 0, 0.95, 123)[0]
+    assert generate(client, "To be, or not", 60, 1.0, 0, 0.95, 123)[0] == a
+    assert generate(client, "To be, or not", 60, 1.0, 0, 0.95, 124)[0] != a
+
+
+def test_output_streams_as_it_is_generated(client):
+    job = client.submit("ROMEO:", 400, 0.8, 0, api_name="/generate")
+    partials = [out[0] for out in job]
+    final = job.result()[0]
+    assert len(final) == len("ROMEO:") + 400
+    assert len(set(partials)) > 1, "the text arrived in one piece, not streamed"
+    assert all(final.startswith(p) for p in partials)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("ROMEO:", 0, 0.7, 0), "max tokens must be an integer from 1 to 2000"),
+        (("ROMEO:", 5000, 0.7, 0), "max tokens must be an integer from 1 to 2000"),
+        (("ROMEO:", 50, 1.5, 0), r"temperature must be a number from 0 to 1"),
+        (("ROMEO:", 50, 0.7, 0, 0.0), r"top-p must be in \(0, 1\]"),
+        (("ROMEO:", 50, 0.7, 0, 1.0, 1.5), "seed must be an integer"),
+    ],
+)
+def test_out_of_range_values_say_the_valid_range(client, args, message):
+    with pytest.raises(AppError, match=message):
+        generate(client, *args)
+
+
+def test_unknown_characters_are_left_out(client):
+    text, _ = generate(client, "ROMEO: ☃", 30, 0.7, 0)
+    assert text.startswith("ROMEO: ") and "☃" not in text
+    assert len(text) == len("ROMEO: ") + 30
+
+
+def test_eight_requests_at_once_all_complete(client):
+    lengths = [20 + 7 * i for i in range(8)]
+
+    def one(i):
+        return generate(client, "ROMEO:", lengths[i], 0.8, 0, 1.0, i)[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        texts = list(pool.map(one, range(8)))
+    assert [len(t) for t in texts] == [len("ROMEO:") + n for n in lengths]
+    assert all(t.startswith("ROMEO:") for t in texts)
+
+
+def test_browser_generates_with_the_chosen_settings(server, model, tmp_path):
+    require(Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    prompt, n = "ROMEO:", 160
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(server)
+            page.locator("#prompt textarea").fill(prompt)
+            page.locator("#max_tokens input").fill(str(n))
+            temperature = page.locator("#temperature input[type=number]")
+            temperature.fill("0.8")
+            temperature.press("Enter")
+            page.get_by_text("More options").click()
+            page.locator("#seed input").fill("7")
+            page.get_by_role("button", name="Generate").click()
+            # the text streams in: wait for the final value, not the first change
+            page.wait_for_function(
+                "n => document.querySelector('#output textarea').value.length === n",
+                arg=len(prompt) + n,
+                timeout=60_000,
+            )
+            text = page.locator("#output textarea").input_value()
+            # the page's settings reached the model: the same seed gives the same text here
+            assert text == model.generate_text(prompt, n, temperature=0.8, seed=7)
+            page.locator("#colored").get_by_text("p>0.8").first.wait_for()  # the coloured view's legend
+            page.screenshot(path=tmp_path / "app.png", full_page=True)
+            if os.environ.get("SAVE_SCREENSHOT"):
+                page.screenshot(path=os.environ["SAVE_SCREENSHOT"], full_page=True)
+            # a character the model never saw: left out, and the page says which
+            page.locator("#prompt textarea").fill("ROMEO: ☃")
+            page.get_by_role("button", name="Generate").click()
+            page.locator(".toast-body", has_text="☃").wait_for(timeout=30_000)
+        finally:
+            browser.close()
+
+
+def test_without_a_model_the_app_says_how_to_get_one(tmp_path, monkeypatch):
+    import app
+
+    monkeypatch.chdir(tmp_path)  # no out/ here
+    monkeypatch.delenv("GPT_MODEL", raising=False)
+    with pytest.raises(SystemExit) as e:
+        app.main([])
+    assert "python train_gpt2.py --preset cpu --out-dir out" in str(e.value.code)
+    assert "--model" in str(e.value.code) and "GPT_MODEL" in str(e.value.code)
+    # the Space variable is read when --model is not given
+    monkeypatch.setenv("GPT_MODEL", str(tmp_path / "missing"))
+    with pytest.raises(SystemExit) as e:
+        app.main([])
+    assert "missing" in str(e.value.code)
