@@ -5,6 +5,8 @@ developers' machines, from ../shared/data/tinyshakespeare/input.txt.
 """
 
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -82,3 +84,19 @@ def tiny_model_dir(tmp_path_factory, shakespeare_vocab) -> Path:
     out = tmp_path_factory.mktemp("tiny_model")
     make_tiny_model(shakespeare_vocab).save_pretrained(out)
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate a server the tests started; kill it if it does not stop within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -7,13 +7,14 @@ its pins clash with the app's; set OLAH_CLI to use another install.
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+
+from conftest import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_HINT = (
@@ -37,12 +38,6 @@ offline = true
 def find_olah_cli() -> str | None:
     cli = os.environ.get("OLAH_CLI") or str(ROOT / ".venv-olah" / "bin" / "olah-cli")
     return cli if Path(cli).is_file() and os.access(cli, os.X_OK) else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def add_model_repo(work_dir: Path, repo_id: str, files: list[Path]) -> None:
@@ -96,9 +91,4 @@ def olah_server(cli: str, work_dir: Path, models: dict[str, list[Path]], timeout
                 time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

@@ -9,11 +9,11 @@ Any cell that raises fails the test.
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import free_port
 
 from model_gpt2 import load_model
 
@@ -63,12 +63,6 @@ def output_text(nb) -> str:
 
 def images(nb) -> int:
     return sum("image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", []))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------- committed notebooks
