@@ -1,0 +1,353 @@
+"""Benchmark training speed, generation speed and quality at a time budget on this machine.
+
+    python bench.py                          # everything: ~11 minutes on a 2-core CPU (3 training runs of 3 minutes)
+    python bench.py --quick                  # a smoke check in under 2 minutes (one shortened training run)
+    python bench.py --device cuda --json bench.json      # on a GPU; the JSON also goes to a file
+    python bench.py --threads 1              # torch.set_num_threads(1) first, to compare with the default
+
+stdout gets one JSON document; the same numbers as a readable table go to stderr.
+MFU = tokens/s x FLOPs per token / the matmul peak measured in the same run (an fp32 2048x2048
+matmul on a CPU, the training dtype on a GPU). FLOPs per token = 6 N + 12 n_layer n_embd block_size
+(PaLM appendix B, as in nanoGPT's estimate_mfu), N without the position embeddings.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from data.prepare import load_meta, load_split
+from model_gpt2 import GPT
+from train_gpt2 import (
+    PRESETS,
+    autocast_context,
+    batch_starts,
+    config_from_preset,
+    hardware_name,
+    make_batch,
+    model_config,
+    pick_device,
+    pick_dtype,
+    train,
+)
+
+NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0)
+SHAKESPEARE_CHAR = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)  # nanoGPT's 10.7M model
+# nanoGPT's own numbers from ECOSYSTEM.md, measured on a 2-core AMD EPYC (AVX2, ~75 GFLOP/s fp32 matmul):
+# a CPU with another matmul peak scales them, so compare peaks too before reading a speed-up as a code win
+NANOGPT_CPU_MS = 84  # ms per iteration of its CPU recipe (NANOGPT_CPU)
+NANOGPT_GENERATE_S = {100: 3.0, 500: 44.0}  # its generate() on the 10.7M model, seconds for 100 / 500 tokens
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
+def timed(device, fn, *args):
+    """Seconds that fn(*args) takes, waiting for a GPU to finish."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn(*args)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def matmul_peak(device, dtype, n=2048, seconds=1.0) -> float:
+    """FLOP/s of an n x n matmul: the most this device does on the densest op there is."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm up (thread pool, cuBLAS handle)
+    times = [timed(device, torch.matmul, a, b) for _ in range(3)]
+    while sum(times) < seconds:
+        times.append(timed(device, torch.matmul, a, b))
+    return 2 * n**3 / statistics.median(times)
+
+
+def cpu_name() -> str:
+    """The CPU model (Linux), e.g. to tell which machine an older reference number came from."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def flops_per_token(model: GPT) -> int:
+    c = model.config
+    return 6 * model.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * c.block_size
+
+
+class Trainer:
+    """train_gpt2.train()'s step (forward, backward, clip, AdamW) on its batches, without its evaluations."""
+
+    def __init__(self, cfg, data, vocab_size, device):
+        torch.manual_seed(0)
+        self.cfg, self.data, self.device, self.n = cfg, data, device, 0
+        dtype = pick_dtype(device, cfg.dtype)
+        self.autocast = autocast_context(device, dtype)
+        self.scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
+        self.model = GPT(model_config(cfg, vocab_size)).to(device).train()
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt = self.model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, device.split(":")[0])
+
+    def step(self, phases=None):
+        """One optimizer step; with a dict `phases`, add each phase's seconds to it (syncing a GPU)."""
+        cfg, t = self.cfg, time.perf_counter()
+
+        def mark(name):
+            nonlocal t
+            if phases is not None:
+                sync(self.device)
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
+                t = time.perf_counter()
+
+        for micro in range(cfg.grad_accum_steps):
+            starts = batch_starts(len(self.data), cfg.block_size, cfg.batch_size, [cfg.seed, self.n, micro])
+            x, y = make_batch(self.data, starts, cfg.block_size, self.device)
+            mark("data")
+            with self.autocast:
+                loss = self.model(x, y)[1] / cfg.grad_accum_steps
+            mark("forward")
+            self.scaler.scale(loss).backward()
+            mark("backward")
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        mark("optimizer")
+        self.n += 1
+
+    def ms_per_step(self, steps, warmup=2) -> float:
+        """The median of `steps` step times after `warmup` steps: robust to a shared machine's spikes."""
+        for _ in range(warmup):
+            self.step()
+        return 1000 * statistics.median(timed(self.device, self.step) for _ in range(steps))
+
+
+def bench_training(device, data, vocab_size, peak, quick) -> dict:
+    """Each preset's real training step. On a CPU the big presets run at batch 1 (full batches take minutes)."""
+    out = {}
+    for name in PRESETS:
+        reduced = device == "cpu" and name != "cpu"
+        cfg = config_from_preset(name, device=device, **(dict(batch_size=1, grad_accum_steps=1) if reduced else {}))
+        tr = Trainer(cfg, data, vocab_size, device)
+        steps = 2 if reduced and name == "gpt2-124m" else 5 if quick else 20
+        ms = tr.ms_per_step(steps, warmup=1 if reduced else 3)
+        tokens_per_sec = 1000 * cfg.batch_size * cfg.grad_accum_steps * cfg.block_size / ms
+        out[name] = {
+            "params": tr.model.num_params(), "flops_per_token": flops_per_token(tr.model), "batch_size": cfg.batch_size,
+            "grad_accum_steps": cfg.grad_accum_steps, "block_size": cfg.block_size, "reduced_batch": reduced,
+            "ms_per_step": round(ms, 2), "tokens_per_sec": round(tokens_per_sec),
+            "mfu": round(tokens_per_sec * flops_per_token(tr.model) / peak, 4),
+        }  # fmt: skip
+    return out
+
+
+def op_times(tr: Trainer, steps=5) -> dict:
+    """ms per step of a CPU profile's op self times, summed by kind."""
+    by_kind = dict.fromkeys(["matmul", "attention", "optimizer", "other"], 0.0)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            tr.step()
+    for ev in prof.events():
+        root = ev  # the top-level call this op ran under: a Linear, attention, an autograd node, AdamW.step...
+        while root.cpu_parent is not None:
+            root = root.cpu_parent
+        kind = "matmul" if ev.name in ("aten::mm", "aten::addmm", "aten::bmm") else "other"
+        if kind == "other" and root.name.startswith("Optimizer.step"):
+            kind = "optimizer"
+        elif kind == "other" and "attention" in root.name.lower():
+            kind = "attention"
+        by_kind[kind] += ev.self_cpu_time_total / 1000 / steps  # us -> ms per step
+    return {k: round(v, 2) for k, v in by_kind.items()}
+
+
+def bench_nanogpt_cpu(device, data, vocab_size, peak, quick) -> dict:
+    """nanoGPT's CPU configuration: time per step, and where that time goes."""
+    tr = Trainer(config_from_preset("cpu", device=device, **NANOGPT_CPU), data, vocab_size, device)
+    steps, tokens = (10 if quick else 40), NANOGPT_CPU["batch_size"] * NANOGPT_CPU["block_size"]
+    ms = tr.ms_per_step(steps, warmup=5)
+    phases = {}
+    for _ in range(steps):
+        tr.step(phases)
+    # the same model on 1 x 8 tokens has almost no arithmetic left: what remains is the fixed cost
+    # of a step (op dispatch, autograd bookkeeping, the optimizer's per-tensor work)
+    tiny = config_from_preset("cpu", device=device, **{**NANOGPT_CPU, "batch_size": 1, "block_size": 8})
+    fixed_ms = Trainer(tiny, data, vocab_size, device).ms_per_step(steps, warmup=5)
+    notes = (
+        f"{fixed_ms:.1f} of {ms:.1f} ms per step is fixed cost (the same step on 1 x 8 tokens): op dispatch, autograd "
+        "and the optimizer's per-tensor work."
+    )
+    by_kind, matmul_rate = None, None
+    if device == "cpu":  # a CPU profile times the ops themselves; on a GPU it would time kernel launches
+        by_kind = op_times(tr)
+        matmul_rate = 6 * tr.model.num_params(non_embedding=True) * tokens / (by_kind["matmul"] / 1000)
+        share = by_kind["matmul"] / ms
+        limit = (
+            "they limit it"
+            if share > 0.5
+            else "the many small memory-bound ops around them, and per-op overhead, limit it"
+        )
+        notes += (
+            f" Profiled self time per step: matmuls {by_kind['matmul']:.1f} ms (~{matmul_rate / 1e9:.0f} GFLOP/s, "
+            f"{matmul_rate / peak:.0%} of the 2048x2048 peak), attention {by_kind['attention']:.1f} ms, AdamW "
+            f"{by_kind['optimizer']:.1f} ms, other ops (LayerNorm, GELU, copies, clipping, loss, elementwise) "
+            f"{by_kind['other']:.1f} ms. The matmuls are {share:.0%} of the step: {limit}."
+        )
+    return {
+        "config": NANOGPT_CPU, "ms_per_step": round(ms, 2), "nanogpt_ms_per_step": NANOGPT_CPU_MS,
+        "speedup_vs_nanogpt": round(NANOGPT_CPU_MS / ms, 2), "tokens_per_sec": round(1000 * tokens / ms),
+        "pct_of_peak": round(100 * 1000 * tokens / ms * flops_per_token(tr.model) / peak, 1),
+        "phases_ms": {k: round(1000 * v / steps, 2) for k, v in phases.items()}, "fixed_cost_ms": round(fixed_ms, 2),
+        "profile_ms": by_kind, "matmul_gflops": round(matmul_rate / 1e9, 1) if matmul_rate else None,
+        "notes": notes,
+    }  # fmt: skip
+
+
+@torch.no_grad()
+def nanogpt_generate(model, idx, max_new_tokens, generator, temperature=1.0):
+    """nanoGPT's generate(): crop the context to block_size and run all of it through the model for every token."""
+    for _ in range(max_new_tokens):
+        idx_cond = idx if idx.size(1) <= model.config.block_size else idx[:, -model.config.block_size :]
+        logits = model(idx_cond)[0][:, -1, :] / temperature
+        probs = torch.softmax(logits, dim=-1)
+        idx = torch.cat((idx, torch.multinomial(probs, num_samples=1, generator=generator)), dim=1)
+    return idx
+
+
+def bench_generation(device, vocab, quick) -> dict:
+    """KV-cached model.stream() against nanoGPT's full recompute, on random weights (speed does not depend on them)."""
+    cpu_arch = {k: PRESETS["cpu"][k] for k in SHAKESPEARE_CHAR}
+    out = {}
+    for name, arch in (("shakespeare-char (10.7M)", SHAKESPEARE_CHAR), ("cpu preset", cpu_arch)):
+        torch.manual_seed(0)
+        model = GPT(model_config(config_from_preset(None, **arch), len(vocab)), vocab=vocab).to(device).eval()
+        prompt = model.encode_prompt("ROMEO:")
+        first = [timed(device, next, model.stream(prompt, 10, seed=0)) for _ in range(5)]  # call -> first token
+        res = {"params": model.num_params(), "block_size": arch["block_size"], "prompt_len": prompt.size(1),
+               "first_token_ms": round(1000 * statistics.median(first), 2)}  # fmt: skip
+        for n in (100,) if quick else (100, 500):
+            cached = timed(device, list, model.stream(prompt, n, seed=0))
+            uncached = timed(device, nanogpt_generate, model, prompt, n, torch.Generator(device).manual_seed(0))
+            res[f"{n}_tokens"] = {
+                "cached_seconds": round(cached, 3), "uncached_seconds": round(uncached, 2),
+                "cached_tokens_per_sec": round(n / cached, 1), "uncached_tokens_per_sec": round(n / uncached, 1),
+                "speedup": round(uncached / cached, 1),
+            }  # fmt: skip
+            if arch is SHAKESPEARE_CHAR:
+                res[f"{n}_tokens"]["speedup_vs_ecosystem_reference"] = round(NANOGPT_GENERATE_S[n] / cached, 1)
+        out[name] = res
+    return out
+
+
+def bench_quality(device, data_dir, quick) -> dict:
+    """The cpu preset's best val loss (whole validation split) within its own schedule, per seed."""
+    seeds = [1337] if quick else [1337, 1338, 1339]
+    shortened = {"max_iters": PRESETS["cpu"]["max_iters"] // 10} if quick else {}
+    runs = []
+    for seed in seeds:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON
+            cfg = config_from_preset("cpu", data_dir=str(data_dir), out_dir=f"{tmp}/run", sample_chars=0, seed=seed, device=device, **shortened)  # fmt: skip
+            summary = train(cfg, progress=False)
+            records = [json.loads(line) for line in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
+        ms = statistics.median(r["ms_per_step"] for r in records if r.get("ms_per_step"))
+        runs.append({"seed": seed, "best_val_loss": round(summary["best_val_loss"], 4),
+                     "train_seconds": round(summary["train_seconds"], 1), "median_ms_per_step": round(ms, 2)})  # fmt: skip
+    losses = [r["best_val_loss"] for r in runs]
+    return {
+        "preset": "cpu", "config": PRESETS["cpu"], "shortened": shortened or None, "runs": runs,
+        "mean": round(statistics.mean(losses), 4), "min": min(losses), "max": max(losses),
+        "target": "mean best val loss <= 1.72 within 180 s of training on a 2-core CPU, over 3 seeds",
+    }  # fmt: skip
+
+
+def table(r) -> str:
+    """The JSON as a table for people."""
+    n, q = r["nanogpt_cpu"], r["quality"]
+    lines = [
+        f"{r['device']} ({r['hardware']}; {r['cpu']}), torch {r['torch']}, load average {r['load_avg_1min']}; matmul peak "
+        f"{r['peak_gflops']:.0f} GFLOP/s ({r['peak_dtype']}){'   [--quick]' if r['quick'] else ''}",
+        "",
+        f"{'training':18} {'batch x accum x ctx':>20} {'ms/step':>10} {'tokens/s':>10} {'MFU':>7}",
+    ]
+    for name, t in r["training"].items():
+        star = " *" if t["reduced_batch"] else ""
+        shape = f"{t['batch_size']} x {t['grad_accum_steps']} x {t['block_size']}{star}"
+        lines.append(f"{name:18} {shape:>20} {t['ms_per_step']:10.1f} {t['tokens_per_sec']:10,} {t['mfu']:7.1%}")
+    if any(t["reduced_batch"] for t in r["training"].values()):
+        lines.append("  * batch reduced on CPU: the preset's full batch would take minutes per step")
+    lines += [
+        "",
+        f"nanoGPT CPU config (4L/4H/128, ctx 64, batch 12): {n['ms_per_step']:.1f} ms/step ({n['pct_of_peak']:.0f}% of the fp32 peak); "
+        f"nanoGPT ~{n['nanogpt_ms_per_step']} ms on ECOSYSTEM.md's AMD EPYC ({n['speedup_vs_nanogpt']:.1f}x)",
+        "  phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in n["phases_ms"].items()),
+        "  " + n["notes"],
+        "",
+        f"{'generation':26} {'tokens':>6} {'cached tok/s':>13} {'uncached tok/s':>15} {'speed-up':>9} {'first token':>12}",
+    ]  # fmt: skip
+    for name, g in r["generation"].items():
+        for k, v in ((k, v) for k, v in g.items() if k.endswith("_tokens")):
+            lines.append(f"{name:26} {k.split('_')[0]:>6} {v['cached_tokens_per_sec']:13,.0f} {v['uncached_tokens_per_sec']:15,.1f} "
+                         f"{v['speedup']:8.1f}x {g['first_token_ms']:9.1f} ms")  # fmt: skip
+    runs = [(k.split("_")[0], v) for g in r["generation"].values() for k, v in g.items() if k.endswith("_tokens")]
+    ref = [(n, v["speedup_vs_ecosystem_reference"]) for n, v in runs if "speedup_vs_ecosystem_reference" in v]
+    lines.append(
+        "  cached 10.7M vs ECOSYSTEM.md's nanoGPT generate() (3.0 s / 44 s on its AMD EPYC): "
+        + ", ".join(f"{x}x at {n}" for n, x in ref)
+    )
+    short = f" (shortened: {q['shortened']})" if q["shortened"] else ""
+    lines += ["", f"quality: cpu preset, best val loss on the whole validation split{short}"]
+    lines += [f"  seed {x['seed']}: {x['best_val_loss']:.4f} after {x['train_seconds']:.0f} s of training ({x['median_ms_per_step']:.1f} ms/step)" for x in q["runs"]]  # fmt: skip
+    lines.append(f"  mean {q['mean']:.4f} (min {q['min']:.4f}, max {q['max']:.4f}); target: {q['target']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer steps, 100-token generation, one short training run")
+    ap.add_argument("--device", default="auto", help="auto = cuda > mps > cpu")
+    ap.add_argument("--json", metavar="PATH", help="also write the JSON to this file")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--data-dir", default="data", help="folder written by data/prepare.py")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    if device.startswith("cuda"):  # as train_gpt2 does
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    meta, data = load_meta(Path(args.data_dir)), load_split(Path(args.data_dir), "train")
+    peak_dtype = pick_dtype(device)  # fp32 on a CPU; bf16 (fp16 before Ampere) on a GPU, as training uses
+    t0, peak = time.perf_counter(), matmul_peak(device, peak_dtype)
+    result = {
+        "device": device, "hardware": hardware_name(device), "cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "load_avg_1min": round(os.getloadavg()[0], 2), "quick": args.quick,
+        "peak_dtype": str(peak_dtype).removeprefix("torch."), "peak_gflops": round(peak / 1e9, 1),
+        "training": bench_training(device, data, meta["vocab_size"], peak, args.quick),
+        "nanogpt_cpu": bench_nanogpt_cpu(device, data, meta["vocab_size"], peak, args.quick),
+        "generation": bench_generation(device, meta["vocab"], args.quick),
+        "quality": bench_quality(device, args.data_dir, args.quick),
+    }  # fmt: skip
+    # other work on a shared machine slows every number down: the load average says how much there was
+    result.update(bench_seconds=round(time.perf_counter() - t0, 1), load_avg_1min_end=round(os.getloadavg()[0], 2))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print("\n" + table(result), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
