@@ -242,13 +242,18 @@ def autocast_context(device: str, dtype: torch.dtype):
 
 
 def hardware_name(device: str) -> str:
+    """What the model card and the logs call the hardware: the GPU's name, or the CPU's model and threads."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
-    return (
-        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-        if device == "cpu"
-        else device
-    )
+    if device != "cpu":
+        return device
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:  # not Linux
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
 # ---------------------------------------------------------------------------- data
@@ -636,7 +641,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
                 loss_sum += loss.detach()
             if ddp:
                 dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-            if not torch.isfinite(loss_sum):
+            if not torch.isfinite(loss_sum):  # one host sync per step; GradScaler's step syncs anyway
                 bad_steps += 1
                 optimizer.zero_grad(set_to_none=True)
                 warnings.warn(
