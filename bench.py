@@ -63,14 +63,19 @@ def timed(device, fn, *args):
     return time.perf_counter() - t0
 
 
-def matmul_peak(device, dtype, n=2048, seconds=1.0) -> float:
+def matmul_peak(device, dtype, n=2048) -> float:
     """FLOP/s of an n x n matmul: the most this device does on the densest op there is."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm up (thread pool, cuBLAS handle)
-    times = [timed(device, torch.matmul, a, b) for _ in range(3)]
-    while sum(times) < seconds:
-        times.append(timed(device, torch.matmul, a, b))
-    return 2 * n**3 / statistics.median(times)
+
+    def run(k):
+        for _ in range(k):
+            a @ b
+
+    run(1)  # warm up (thread pool, cuBLAS handle)
+    reps = 1  # enough matmuls per timing that a GPU's launch and sync overheads do not count
+    while timed(device, run, reps) < 0.05:
+        reps *= 2
+    return 2 * n**3 * reps / statistics.median(timed(device, run, reps) for _ in range(5))
 
 
 def cpu_name() -> str:
