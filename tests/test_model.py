@@ -211,6 +211,23 @@ def test_kv_cache_logits_match_uncached(gen_model):
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch", [1, 2])  # B == 1 takes the matrix-vector path
+@pytest.mark.parametrize("bias", [True, False])
+def test_decode_step_matches_forward(batch, bias):
+    """The flat one-token decode path gives forward()'s logits and fills the cache the same way."""
+    model = make_tiny_model("abcdefghijklmnop", seed=4, block_size=16, bias=bias).eval()
+    idx = torch.randint(0, 16, (batch, 16), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        full = model(idx)[0]
+        cache = model._new_cache(batch)
+        steps = [model(idx[:, :5], kv_cache=cache)[0][:, -1]]
+        steps += [model.decode_step(idx[:, t], cache) for t in range(5, 16)]
+        assert cache.pos == 16
+        assert torch.allclose(torch.stack(steps, dim=1), full[:, 4:], atol=1e-5)
+        with pytest.raises(ValueError, match="block_size 16"):
+            model.decode_step(idx[:, 0], cache)
+
+
 def test_prompt_longer_than_block_size(gen_model):
     prompt = torch.randint(0, 16, (1, 40), generator=torch.Generator().manual_seed(3))
     out = gen_model.generate(prompt, 30, temperature=0)
