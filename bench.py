@@ -74,7 +74,8 @@ def matmul_peak(device, dtype, n=2048) -> float:
     reps = 1  # enough matmuls per timing that a GPU's launch and sync overheads do not count
     while timed(device, run, reps) < 0.05:
         reps *= 2
-    return 2 * n**3 * reps / statistics.median(timed(device, run, reps) for _ in range(5))
+    # the best of 10: a peak is what the device can do, and a shared machine only ever slows a timing down
+    return 2 * n**3 * reps / min(timed(device, run, reps) for _ in range(10))
 
 
 def flops_per_token(model: GPT) -> int:
@@ -221,6 +222,43 @@ def nanogpt_generate(model, idx, max_new_tokens, generator, temperature=1.0):
     return idx
 
 
+def median_seconds(device, fn, reps=30) -> float:
+    fn()  # warm up
+    return statistics.median(timed(device, fn) for _ in range(reps))
+
+
+@torch.inference_mode()
+def decode_costs(model: GPT, device) -> dict:
+    """What one cached token costs against recomputing a full window, and the floor under it.
+
+    The floor: the model's matrix-vector products alone (every weight read once), with nothing
+    else of the decode step around them. On a CPU that is memory bandwidth; the rest of the step
+    is ~100 small ops (LayerNorm, attention, GELU, adds, cache writes) and their dispatch.
+    """
+    c = model.config
+    cache = model._new_cache(1)
+    model(torch.zeros((1, c.block_size // 2), dtype=torch.long, device=device), kv_cache=cache)  # half-full cache
+    tok = torch.zeros(1, dtype=torch.long, device=device)
+
+    def step():
+        model.decode_step(tok, cache)
+        cache.pos -= 1  # the same position again: a steady context length
+
+    mats = [
+        (m.weight, torch.randn(m.in_features, device=device)) for m in model.modules() if isinstance(m, torch.nn.Linear)
+    ]
+    weights_mb = sum(w.numel() * w.element_size() for w, _ in mats) / 1e6
+    floor = median_seconds(device, lambda: [torch.mv(w, x) for w, x in mats], reps=50)
+    window = torch.zeros((1, c.block_size), dtype=torch.long, device=device)
+    return {
+        "decode_step_ms": round(1000 * median_seconds(device, step, reps=50), 3),
+        "matvec_floor_ms": round(1000 * floor, 3),
+        "weights_mb": round(weights_mb, 1),
+        "weight_read_gb_per_s": round(weights_mb / 1000 / floor, 1),
+        "full_window_ms": round(1000 * median_seconds(device, lambda: model(window), reps=5), 2),
+    }
+
+
 def bench_generation(device, vocab, quick) -> dict:
     """KV-cached model.stream() against nanoGPT's full recompute, on random weights (speed does not depend on them)."""
     cpu_arch = {k: PRESETS["cpu"][k] for k in SHAKESPEARE_CHAR}
@@ -231,7 +269,7 @@ def bench_generation(device, vocab, quick) -> dict:
         prompt = model.encode_prompt("ROMEO:")
         first = [timed(device, next, model.stream(prompt, 10, seed=0)) for _ in range(5)]  # call -> first token
         res = {"params": model.num_params(), "block_size": arch["block_size"], "prompt_len": prompt.size(1),
-               "first_token_ms": round(1000 * statistics.median(first), 2)}  # fmt: skip
+               "first_token_ms": round(1000 * statistics.median(first), 2), **decode_costs(model, device)}  # fmt: skip
         for n in (100,) if quick else (100, 500):
             cached = timed(device, list, model.stream(prompt, n, seed=0))
             uncached = timed(device, nanogpt_generate, model, prompt, n, torch.Generator(device).manual_seed(0))
@@ -301,6 +339,12 @@ def table(r) -> str:
         "  cached 10.7M vs ECOSYSTEM.md's nanoGPT generate() (3.0 s / 44 s on its AMD EPYC): "
         + ", ".join(f"{x}x at {n}" for n, x in ref)
     )
+    for name, g in r["generation"].items():
+        lines.append(
+            f"  {name}: one cached token {g['decode_step_ms']:.2f} ms at half context, of which reading the "
+            f"{g['weights_mb']:.0f} MB of weights (matrix-vector products alone) {g['matvec_floor_ms']:.2f} ms "
+            f"({g['weight_read_gb_per_s']:.0f} GB/s); recomputing a full {g['block_size']}-token window {g['full_window_ms']:.1f} ms"
+        )  # fmt: skip
     short = f" (shortened: {q['shortened']})" if q["shortened"] else ""
     lines += ["", f"quality: cpu preset, best val loss on the whole validation split{short}"]
     lines += [f"  seed {x['seed']}: {x['best_val_loss']:.4f} after {x['train_seconds']:.0f} s of training ({x['median_ms_per_step']:.1f} ms/step)" for x in q["runs"]]  # fmt: skip

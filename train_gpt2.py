@@ -15,6 +15,7 @@ resume.safetensors (the latest state: weights, optimizer, step, RNG, config), me
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -127,8 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _field_comments() -> dict:
     """The trailing comments of TrainConfig's fields, used as --help text."""
-    import inspect
-
     out = {}
     for line in inspect.getsource(TrainConfig).splitlines():
         name, _, rest = line.strip().partition(":")
