@@ -22,6 +22,7 @@ import torch
 from model_gpt2 import GPT, load_model
 
 MAX_SEED = 2**32 - 1
+MAX_PROMPT = 10_000  # characters kept of a longer prompt: the model reads only its last block_size anyway
 MAX_TOKENS = 2000  # enough for a page of text; a request holds one of the two workers while it runs
 STREAM_EVERY = 0.05  # seconds between streamed updates: smooth to the eye, ~20 messages a second
 EXAMPLES = ["ROMEO:", "First Citizen:\n", "To be, or not", "KING RICHARD III:\nNow is the"]
@@ -97,6 +98,12 @@ def make_generate(model: GPT):
         seed = as_int(seed, "seed", 0, MAX_SEED, allow_none=True)
 
         prompt = str(prompt or " ")
+        if len(prompt) > MAX_PROMPT:  # a pasted book would only slow every streamed update down
+            gr.Warning(
+                f"The prompt has {len(prompt):,} characters: only its last {MAX_PROMPT:,} are kept "
+                f"(the model reads the last {model.config.block_size})."
+            )
+            prompt = prompt[-MAX_PROMPT:]
         unknown = tok.unknown_chars(prompt)
         if unknown:
             gr.Warning(f"Not in the model's vocabulary, left out: {' '.join(repr(ch) for ch in unknown)}")

@@ -1,7 +1,7 @@
 """Benchmark training speed, generation speed and quality at a time budget on this machine.
 
     python bench.py                          # everything: ~9 minutes on a 2-core CPU (3 training runs of ~2.5 minutes)
-    python bench.py --quick                  # a smoke check in about a minute (one training run cut to 1/10)
+    python bench.py --quick                  # a smoke check in 1-2 minutes (one training run cut to 1/10)
     python bench.py --device cuda --json bench.json      # on a GPU; the JSON also goes to a file
     python bench.py --threads 1              # torch.set_num_threads(1) first, to compare with the default
 
@@ -362,7 +362,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        ap.error(str(e))
     if device.startswith("cuda"):  # as train_gpt2 does
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -23,12 +23,14 @@ import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
+import torch
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
 
-from model_gpt2 import load_model
+from model_gpt2 import GPT, REPO_ID, GPTConfig, load_model
 
 ROOT = Path(__file__).resolve().parent
 MODEL_FILES = ("config.json", "model.safetensors", "metrics.jsonl", "loss.png")  # + README.md, rendered
@@ -36,7 +38,6 @@ SPACE_FILES = ("app.py", "model_gpt2.py")  # + requirements.txt and README.md, g
 TRAINING_ONLY = ("matplotlib",)  # left out of the Space's requirements
 CPU_TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
 TINY_SHAKESPEARE_VOCAB = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class HubError(RuntimeError):
@@ -47,16 +48,16 @@ class HubError(RuntimeError):
 
 
 def num_params(c: dict) -> int:
-    """Parameters of the GPT in config.json (the tied lm_head counted once, as model.num_params())."""
-    d, b = c["n_embd"], c["bias"]
-    ln = 2 * d if b else d
-    block = 2 * ln + 12 * d * d + (9 * d if b else 0)  # attention 4 d^2 + MLP 8 d^2, their biases, 2 LayerNorms
-    return c["vocab_size"] * d + c["block_size"] * d + c["n_layer"] * block + ln
+    """Parameters of the GPT in config.json, as model.num_params() counts them (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return GPT(GPTConfig(**{f.name: c[f.name] for f in fields(GPTConfig)})).num_params()
 
 
 def is_tiny_shakespeare(config: dict) -> bool:
-    name = str((config.get("train_info") or {}).get("dataset", ""))
-    return "shakespeare" in name.lower() or config.get("vocab") == TINY_SHAKESPEARE_VOCAB
+    name = (config.get("train_info") or {}).get("dataset")
+    if name:  # data/prepare.py names it tiny_shakespeare only when the text's sha256 is the file's
+        return name == "tiny_shakespeare"
+    return config.get("vocab") == TINY_SHAKESPEARE_VOCAB
 
 
 def render_model_card(config: dict, out_dir: Path, sample: str | None = None, repo_id: str | None = None) -> str:
@@ -135,7 +136,7 @@ lower is better, and exp(loss) is how many characters the model is, on average, 
 Needs `model_gpt2.py` from the project (and torch, huggingface_hub, safetensors).
 
 ```python
-from model_gpt2 import load_model
+from model_gpt2 import GPT, REPO_ID, GPTConfig, load_model
 
 model = load_model("{repo}")  # or the local folder written by train_gpt2.py
 print(model.generate_text("ROMEO:", max_new_tokens=300, temperature=0.8, seed=0))
@@ -221,7 +222,7 @@ def push_model(out_dir, repo_id: str, token: str | None = None, private: bool = 
         raise HubError(f"{out_dir} does not hold a model that loads, so nothing was pushed: {e}") from e
     token = ready_to_upload(token)
     config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
-    sample = model.generate_text("\n", 300, temperature=0.8, seed=0)
+    sample = model.generate_text(model.tokenizer.start_text, 300, temperature=0.8, seed=0)
     api = api or HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)

@@ -99,6 +99,11 @@ class CharTokenizer:
             return [self.stoi.get(ch, self.stoi[replacement]) for ch in text]
         return [self.stoi[ch] for ch in text if ch in self.stoi]
 
+    @property
+    def start_text(self) -> str:
+        """What unconditional samples start from: a new line, else a space, else the first character."""
+        return next(ch for ch in ("\n", " ", self.vocab[0]) if ch in self.stoi)
+
     def decode(self, ids) -> str:
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
@@ -195,7 +200,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # a Hub repo id: ORG/NAME
 
 
 class GPT(
@@ -279,9 +284,6 @@ class GPT(
         params = {n: p for n, p in self.named_parameters() if p.requires_grad}
         decay = [p for p in params.values() if p.dim() >= 2]
         no_decay = [p for p in params.values() if p.dim() < 2]
-        # every parameter in exactly one group (tied weights appear once in named_parameters)
-        grouped = {id(p) for p in decay} | {id(p) for p in no_decay}
-        assert len(grouped) == len(decay) + len(no_decay) == len(params), "a parameter is in two groups or none"
         groups = [
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
@@ -356,26 +358,25 @@ class GPT(
         was_training = self.training
         self.eval()
         try:
-            seq = idx
-            start = max(0, seq.size(1) - block)
+            window = idx[:, -block:]  # what the model sees: at most block_size positions, whatever the prompt
             cache = self._new_cache(idx.size(0)) if use_cache else None
-            logits = self(seq[:, start:], kv_cache=cache)[0][:, -1]
+            logits = self(window, kv_cache=cache)[0][:, -1]
             for i in range(max_new_tokens):
                 nxt = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
                 prob = torch.softmax(logits.float(), dim=-1).gather(1, nxt).squeeze(1)
                 yield nxt.squeeze(1), prob
                 if i == max_new_tokens - 1:
                     break
-                seq = torch.cat((seq, nxt), dim=1)
-                if seq.size(1) - start > block:  # window full: slide and re-prefill
-                    start = seq.size(1) - (block - shift)
+                window = torch.cat((window, nxt), dim=1)
+                if window.size(1) > block:  # window full: slide and re-prefill
+                    window = window[:, -(block - shift) :]
                     if cache is not None:
                         cache.reset()
-                    logits = self(seq[:, start:], kv_cache=cache)[0][:, -1]
+                    logits = self(window, kv_cache=cache)[0][:, -1]
                 elif cache is not None:
                     logits = self.decode_step(nxt[:, 0], cache)  # decode: one new position
                 else:
-                    logits = self(seq[:, start:])[0][:, -1]  # full recompute of the window
+                    logits = self(window)[0][:, -1]  # full recompute of the window
         finally:
             self.train(was_training)
 
@@ -432,7 +433,7 @@ class GPT(
         weight must match the architecture in config.json."""
         name = str(pretrained_model_name_or_path)
         if not os.path.isdir(name):
-            if os.path.exists(name) or not _REPO_ID.match(name) or name.startswith((".", "/", "~")):
+            if os.path.exists(name) or not REPO_ID.match(name) or name.startswith((".", "/", "~")):
                 raise FileNotFoundError(
                     f"no model folder at {name!r}. Train one with `python train_gpt2.py --out-dir {name}`, "
                     "or pass a Hub repo id like ORG/NAME."
@@ -472,6 +473,8 @@ class GPT(
         try:
             return super()._from_pretrained(model_id=model_id, **kwargs)
         except RuntimeError as e:
+            if "state_dict" not in str(e):  # not a weights mismatch (a device error, say): as it is
+                raise
             raise ValueError(f"the weights in {model_id!r} do not match its config.json: {e}") from e
 
 

@@ -24,7 +24,9 @@ class SampleConfig:
     """Every field is a command-line flag: --max-new-tokens, --top-k, ..."""
 
     model: str = field(default="out", metadata={"help": "folder written by train_gpt2.py, or a Hub repo id ORG/NAME"})
-    prompt: str = field(default="\n", metadata={"help": "text the samples continue (default: %(default)r)"})
+    prompt: str = field(
+        default="", metadata={"help": "text the samples continue (empty: a new line, or a space if the text had none)"}
+    )
     max_new_tokens: int = field(default=500, metadata={"help": "characters to generate per sample"})
     temperature: float = field(default=0.8, metadata={"help": "0 = greedy (always the most likely character)"})
     top_k: int = field(default=0, metadata={"help": "keep only the k most likely characters (0 = all)"})
@@ -54,7 +56,8 @@ def sample(cfg: SampleConfig) -> None:
     with contextlib.redirect_stdout(sys.stderr):  # huggingface_hub prints "Loading weights..."; stdout is the text
         model = load_model(cfg.model, device)
     print(f"{cfg.model}: {model.num_params() / 1e6:.2f}M parameters on {device}", file=sys.stderr)
-    unknown = model.tokenizer.unknown_chars(cfg.prompt)
+    prompt = cfg.prompt or model.tokenizer.start_text
+    unknown = model.tokenizer.unknown_chars(prompt)
     if unknown:
         raise ValueError(
             f"the prompt has {len(unknown)} character(s) the model never saw: {', '.join(map(repr, unknown))}. "
@@ -62,15 +65,15 @@ def sample(cfg: SampleConfig) -> None:
         )
     sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed)
     if cfg.num_samples == 1:
-        print(cfg.prompt, end="", flush=True)
-        for ch, _prob in model.stream_text(cfg.prompt, cfg.max_new_tokens, **sampling):
+        print(prompt, end="", flush=True)
+        for ch, _prob in model.stream_text(prompt, cfg.max_new_tokens, **sampling):
             print(ch, end="", flush=True)
         print()
         return
-    idx = model.encode_prompt(cfg.prompt).repeat(cfg.num_samples, 1)  # (num_samples, T)
+    idx = model.encode_prompt(prompt).repeat(cfg.num_samples, 1)  # (num_samples, T)
     steps = [tok for tok, _prob in model.stream(idx, cfg.max_new_tokens, **sampling)]  # each (num_samples,)
     for i in range(cfg.num_samples):
-        print(cfg.prompt + model.tokenizer.decode([int(tok[i]) for tok in steps]))
+        print(prompt + model.tokenizer.decode([int(tok[i]) for tok in steps]))
         print("---------------", flush=True)
 
 

@@ -4,7 +4,7 @@
     python train_gpt2.py --preset cpu --out-dir out          # a few minutes on a 2-core CPU
     python train_gpt2.py --preset shakespeare-char --out-dir out-sc        # a GPU (Colab T4, A100...)
     python train_gpt2.py --out-dir out --resume              # continue a run from its last evaluation
-    torchrun --standalone --nproc_per_node=2 train_gpt2.py --preset cpu --out-dir out   # data parallel
+    torchrun --standalone --nproc_per_node=2 train_gpt2.py --preset cpu --grad-accum-steps 2 --out-dir out-ddp  # data parallel
     python train_gpt2.py --help                              # every flag, with its default
 
 The out-dir holds the best-by-validation model in Hugging Face format (config.json,
@@ -137,12 +137,20 @@ def _field_comments() -> dict:
 
 
 def parse_args(argv=None) -> TrainConfig:
+    """Flags over defaults. The defaults are TrainConfig's, then the --preset's, then, with --resume,
+    the saved run's settings: `--out-dir out --resume` continues the run as it was started, and only
+    the flags typed now (say, a larger --max-iters) change it."""
     ap = build_parser()
-    preset = ap.parse_known_args(argv)[0].preset
-    if preset:  # preset values become the defaults, so explicit flags still win
-        ap.set_defaults(**PRESETS[preset])
+    known = ap.parse_known_args(argv)[0]
+    if known.preset:
+        ap.set_defaults(**PRESETS[known.preset])
+    saved_path = Path(known.out_dir) / "resume.safetensors"
+    if known.resume and saved_path.is_file():
+        saved = read_resume_meta(saved_path)["config"]
+        ap.set_defaults(**{f.name: saved[f.name] for f in dataclasses.fields(TrainConfig) if f.name in saved})
     args = vars(ap.parse_args(argv))
     args.pop("preset")
+    args["resume"], args["out_dir"] = known.resume, known.out_dir
     return TrainConfig(**args)
 
 
@@ -216,8 +224,22 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
 
 
 def pick_device(requested: str = "auto") -> str:
-    if requested != "auto":
-        return requested
+    """auto = cuda > mps > cpu; a device asked for by name must exist here (ConfigError otherwise)."""
+    if requested == "auto":
+        return _best_device()
+    kind, _, index = requested.partition(":")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if kind not in available or (index and not (kind == "cuda" and index.isdigit())):
+        raise ConfigError(f"--device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    if not available[kind]:
+        raise ConfigError(f"--device {requested}: this machine has no {kind.upper()} device; use --device cpu or auto")
+    if index and int(index) >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ConfigError(f"--device {requested}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+    return requested
+
+
+def _best_device() -> str:
     if torch.cuda.is_available():
         return "cuda"
     if torch.backends.mps.is_available():
@@ -325,10 +347,24 @@ def evaluate_split(model, data: np.ndarray, block_size: int, batch_size: int, de
 # ---------------------------------------------------------------------------- checkpoints
 
 
+def _durable_replace(src: Path, dst: Path) -> None:
+    """Rename src over dst once src's bytes are on disk, then record the rename: after a crash or a
+    power cut, dst is the old file or the new one, whole."""
+    with open(src, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(src, dst)
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: the directory entry too (Windows has no such call)
+        fd = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _replace_into(src_dir: Path, out_dir: Path, names) -> None:
-    for name in names:  # each rename is atomic; weights first, config.json last
+    for name in names:  # each rename is atomic; weights first, config.json last (same run: same architecture)
         if (src_dir / name).exists():
-            os.replace(src_dir / name, out_dir / name)
+            _durable_replace(src_dir / name, out_dir / name)
 
 
 def save_best_model(model: GPT, out_dir: Path) -> None:
@@ -359,7 +395,7 @@ def update_model_info(out_dir: Path, **info) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    _durable_replace(tmp, path)
 
 
 def save_resume_state(path: Path, model: GPT, optimizer, scaler, state: dict) -> None:
@@ -381,7 +417,7 @@ def save_resume_state(path: Path, model: GPT, optimizer, scaler, state: dict) ->
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
-    os.replace(tmp, path)
+    _durable_replace(tmp, path)
 
 
 def read_resume_meta(path: Path) -> dict:
@@ -468,7 +504,7 @@ class Logger:
 
 
 def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
-    """Train as the command line does; returns a summary (best val loss, steps, tokens/s, out_dir)."""
+    """Train as the command line does; returns a summary (best val loss, steps, training seconds, out_dir)."""
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1)) if ddp else 1
@@ -531,6 +567,9 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
     start_step, best_val, bad_steps = 0, float("inf"), 0
     if resume_meta is not None:
         restore_resume_state(resume_tensors, resume_meta, model, optimizer, scaler)
+        for group in optimizer.param_groups:  # the optimizer's saved settings yield to this run's flags
+            group["betas"] = (cfg.beta1, cfg.beta2)
+        optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # group 1 (biases, LayerNorms): never
         start_step, best_val = resume_meta["step"], resume_meta["best_val_loss"]
         if rank:  # only rank 0's dropout RNG was saved; the others restart theirs deterministically
             torch.manual_seed(cfg.seed + 7919 * rank + start_step)
@@ -568,6 +607,12 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
         )
         log.print(f"model: {raw_model.num_params() / 1e6:.2f}M parameters, {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} dim; "
                   f"{'resuming at step ' + str(start_step) if cfg.resume else 'starting'} -> {cfg.max_iters} steps")  # fmt: skip
+        if resume_meta is not None:
+            saved = resume_meta["config"]
+            changed = [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in asdict(cfg).items()
+                       if k not in ("resume", "out_dir") and k in saved and saved[k] != v]  # fmt: skip
+            if changed:
+                log.print("changed since the run was saved: " + ", ".join(changed))
 
     # fixed evaluation batches: the same ones at every evaluation, so losses are comparable
     eval_batches = {
@@ -640,7 +685,12 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
                 loss_sum += loss.detach()
             if ddp:
                 dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-            if not torch.isfinite(loss_sum):  # one host sync per step; GradScaler's step syncs anyway
+            finite = bool(torch.isfinite(loss_sum))  # one host sync per step; GradScaler's step syncs anyway
+            if finite:
+                bad_steps = 0
+                clip_and_step(raw_model, optimizer, scaler, cfg.grad_clip)
+                tokens_since += tokens_per_step
+            else:  # skip the update; the step still counts, and its evaluation (if due) still runs
                 bad_steps += 1
                 optimizer.zero_grad(set_to_none=True)
                 warnings.warn(
@@ -652,15 +702,9 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
                         f"{bad_steps} non-finite losses in a row at step {step}: training diverged. The last good model "
                         f"is intact in {out_dir}; lower --learning-rate or raise --grad-clip protection, then --resume."
                     )
-                step += 1
-                log.advance()
-                continue
-            bad_steps = 0
-            clip_and_step(raw_model, optimizer, scaler, cfg.grad_clip)
             step += 1
-            tokens_since += tokens_per_step
             log.advance()
-            if step % cfg.log_interval == 0 or step == cfg.max_iters:
+            if finite and (step % cfg.log_interval == 0 or step == cfg.max_iters):
                 dt = time.perf_counter() - t0
                 n_steps = tokens_since // tokens_per_step
                 log.record(
@@ -700,7 +744,11 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
         if cfg.sample_chars > 0:
             for i in range(2):
                 print(f"--- sample {i + 1} (temperature 0.8) ---")
-                print(best.generate_text("\n", cfg.sample_chars, temperature=0.8, top_k=None, seed=cfg.seed + i))
+                print(
+                    best.generate_text(
+                        best.tokenizer.start_text, cfg.sample_chars, temperature=0.8, top_k=None, seed=cfg.seed + i
+                    )
+                )
         if cfg.push_to_hub:
             from hub import push_model
 

@@ -18,6 +18,7 @@ from conftest import ROOT, free_port, require, stop_process
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+import app
 from model_gpt2 import load_model
 
 pytestmark = pytest.mark.slow
@@ -90,11 +91,24 @@ def test_greedy_output_is_the_prompt_plus_the_models_text(client, model):
     assert {span["class_or_confidence"] for span in colored} - {None} <= {"p>0.8", "0.5-0.8", "0.2-0.5", "<0.2"}
 
 
-def test_sampling_defaults_and_empty_prompt(client, model):
-    text, _ = generate(client, "First Citizen:\n", 50, 0.7, 0)  # top-p and seed left to their defaults
-    assert text.startswith("First Citizen:\n") and len(text) == len("First Citizen:\n") + 50
+def test_defaults_empty_prompt_and_top_n(client, model):
+    # only the prompt given: 100 characters at temperature 0.7 over all characters (the seed is named to compare)
+    text, _ = client.predict("First Citizen:\n", seed=5, api_name="/generate")
+    assert text == model.generate_text("First Citizen:\n", 100, temperature=0.7, seed=5)
     text, _ = generate(client, "", 10, 0, 0)  # an empty prompt means a single space
     assert text == model.generate_text(" ", 10, temperature=0)
+    for all_characters in (None, 0, -3):  # top N empty or <= 0: all characters
+        text, _ = generate(client, "KING:", 40, 1.0, all_characters, 1.0, 11)
+        assert text == model.generate_text("KING:", 40, temperature=1.0, seed=11)
+    text, _ = generate(client, "KING:", 40, 1.0, 1, 1.0, 11)  # top 1 is greedy
+    assert text == model.generate_text("KING:", 40, temperature=0)
+
+
+def test_a_very_long_prompt_keeps_its_end(client, model):
+    prompt = "ROMEO: " * 3000  # 21,000 characters
+    text, _ = generate(client, prompt, 20, 0, 0)
+    kept = prompt[-app.MAX_PROMPT :]
+    assert text == model.generate_text(kept, 20, temperature=0)
 
 
 def test_a_seed_repeats_the_text(client):

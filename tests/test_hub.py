@@ -134,6 +134,15 @@ def test_model_card_labels_the_batch_estimate_and_omits_what_is_missing(tmp_path
     assert "ln(10) = 2.30" in card
 
 
+def test_only_tiny_shakespeare_is_labelled_as_it(tmp_path, shakespeare_vocab):
+    """The card names karpathy/tiny_shakespeare only for the data prepare.py recognised by its sha256."""
+    model = make_tiny_model(shakespeare_vocab)
+    for dataset, labelled in (("tiny_shakespeare", True), ("shakespeare_sonnets", False), ("text", False)):
+        model.train_info["dataset"] = dataset
+        meta = front_matter(render_model_card(model.hub_config(), tmp_path))
+        assert (meta.get("datasets") == ["karpathy/tiny_shakespeare"]) is labelled, dataset
+
+
 # ---------------------------------------------------------------------------- download from a Hub server
 
 DOWNLOAD = """

@@ -257,6 +257,12 @@ def test_stream_yields_tokens_with_probabilities(gen_model):
     assert gen_model.generate_text("", 5, temperature=0) == gen_model.generate_text("a", 5, temperature=0)
 
 
+def test_start_text_of_unconditional_samples():
+    assert CharTokenizer("ab \n").start_text == "\n"  # a new line, as nanoGPT's sample.py starts
+    assert CharTokenizer("ab ").start_text == " "
+    assert CharTokenizer("xyz").start_text == "x"
+
+
 def test_top_k_keeps_exactly_k_even_with_ties():
     logits = torch.tensor([[1.0, 3.0, 3.0, 3.0, 0.0, 2.0]])
     seen = set()

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, make_tiny_model
 
 from model_gpt2 import load_model
 
@@ -74,3 +74,16 @@ def test_bad_input_exits_2_with_a_clear_message(tiny_model_dir, tmp_path):
         assert rc == 2 and out == "", err
         assert err.count("error: ") == 1 and "Traceback" not in err, err
         assert all(p in err for p in phrases), err
+
+
+def test_without_a_prompt_samples_start_a_line_or_whatever_the_text_has(tiny_model_dir, tmp_path):
+    """No --prompt: a new line where the text had line breaks; a model of one-line text starts from a space."""
+    one_line = tmp_path / "one-line"
+    make_tiny_model("abc de").save_pretrained(one_line)  # no "\n" in this vocabulary
+    (rc1, shakespeare, err1), (rc2, text, err2) = run_all(
+        ["--model", tiny_model_dir, "--max-new-tokens", 30, "--temperature", 0],
+        ["--model", one_line, "--max-new-tokens", 30, "--temperature", 0],
+    )
+    assert rc1 == 0 and rc2 == 0, err1 + err2
+    assert shakespeare == load_model(tiny_model_dir).generate_text("\n", 30, temperature=0) + "\n"
+    assert text == load_model(one_line).generate_text(" ", 30, temperature=0) + "\n"

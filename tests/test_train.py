@@ -1,9 +1,11 @@
 """train_gpt2: the step (accumulation, scaler, clipping), the schedule, checkpoints, resume,
 distributed training with real torchrun processes, and clear errors for bad input."""
 
+import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -238,7 +240,9 @@ def test_non_finite_losses_skip_updates_then_stop_with_the_checkpoint_intact(pre
         logits, loss = forward(self, idx, targets, kv_cache)
         if targets is not None and self.training:
             calls["n"] += 1
-            if calls["n"] in (3, 4) or calls["n"] > 25:  # two isolated bad steps, then divergence
+            if (
+                calls["n"] in (3, 4, 10) or calls["n"] > 25
+            ):  # isolated bad steps (the 10th is due an eval), then divergence
                 loss = loss * float("nan")
         return logits, loss
 
@@ -252,6 +256,10 @@ def test_non_finite_losses_skip_updates_then_stop_with_the_checkpoint_intact(pre
     monkeypatch.setattr(GPT, "forward", forward)
     best = load_model(out)
     assert best.train_info["step"] == 20  # the last evaluation before the divergence
+    evals = [
+        json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in line
+    ]
+    assert evals == [10, 20]  # a skipped update does not skip the evaluation due at that step
     assert_same_weights(weights(out / "model.safetensors"), saved)
     assert all(torch.isfinite(t).all() for t in saved.values())
 
@@ -284,6 +292,7 @@ def main_in_process(capsys, *args):
         (["--dtype=float8"], "--dtype must be"),
         (["--push-to-hub=noslash"], "ORG/NAME"),
         (["--block-size=200000"], "too few for --block-size"),
+        (["--device=gpu"], "'gpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
     ],
 )
 def test_invalid_values(prepared_data, tmp_path, capsys, flags, match):
@@ -331,6 +340,29 @@ def test_out_dir_holding_something_else_or_a_run(prepared_data, tmp_path, short_
     assert untouched(out) == before
 
 
+@pytest.mark.slow
+def test_resume_takes_the_saved_settings_and_only_the_flags_typed_now(short_run, tmp_path):
+    """`--out-dir out --resume` continues the run as it was started (no preset or flags to repeat);
+    a flag typed now (a longer --max-iters, another --weight-decay) changes just that, and says so."""
+    out = tmp_path / "out"
+    shutil.copytree(short_run[0], out)
+    saved = tg.read_resume_meta(out / "resume.safetensors")["config"]
+    assert dataclasses.asdict(tg.parse_args([f"--out-dir={out}", "--resume"])) == {
+        **saved,
+        "resume": True,
+        "out_dir": str(out),
+    }
+    cfg = tg.parse_args([f"--out-dir={out}", "--resume", "--preset=cpu", "--max-iters=320"])
+    assert cfg.max_iters == 320 and cfg.n_embd == saved["n_embd"] == 32  # the saved run beats the preset
+
+    proc = run_train(f"--out-dir={out}", "--resume", "--max-iters=320", "--weight-decay=0.5")
+    assert "resuming at step 300 -> 320 steps" in proc.stdout
+    assert "changed since the run was saved: --max-iters 300 -> 320, --weight-decay 0.1 -> 0.5" in proc.stdout
+    meta = tg.read_resume_meta(out / "resume.safetensors")
+    assert meta["step"] == 320 and meta["config"]["learning_rate"] == saved["learning_rate"] == 4e-3
+    assert [g["weight_decay"] for g in meta["param_groups"]] == [0.5, 0.0]
+
+
 def test_resume_with_data_of_another_vocabulary(prepared_data, tmp_path, short_run, capsys):
     from data.prepare import prepare
 
@@ -344,6 +376,22 @@ def test_resume_with_data_of_another_vocabulary(prepared_data, tmp_path, short_r
 
 
 # ---------------------------------------------------------------- devices, precision, compile
+
+
+def test_a_device_asked_for_must_exist(monkeypatch):
+    assert tg.pick_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert tg.pick_device("auto") == "cpu"
+    with pytest.raises(tg.ConfigError, match="no CUDA device; use --device cpu or auto"):
+        tg.pick_device("cuda")
+    with pytest.raises(tg.ConfigError, match="no MPS device"):
+        tg.pick_device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert tg.pick_device("cuda:1") == "cuda:1"
+    with pytest.raises(tg.ConfigError, match="2 CUDA device"):
+        tg.pick_device("cuda:2")
 
 
 def test_dtype_is_decided_by_the_gpu(monkeypatch):
@@ -367,12 +415,24 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA AMP, fused AdamW and compile need a GPU")
-def test_cuda_amp_fused_adamw_and_compile(prepared_data, tmp_path):
-    summary = tg.train(
-        tg.config_from_preset(None, data_dir=str(prepared_data), out_dir=str(tmp_path / "out"), **TINY,
-                              max_iters=50, eval_interval=25, device="cuda", compile=True),
-        progress=False,
-    )  # fmt: skip
-    assert summary["best_val_loss"] < 3.5
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])  # fp16 runs the GradScaler, bf16 does not need it
+def test_cuda_amp_fused_adamw_compile_and_resume(prepared_data, tmp_path, dtype):
+    """On a GPU: AMP in both precisions with torch.compile learns as fp32 does, and a run resumes on
+    CUDA (the GradScaler's state and the CUDA RNG saved and restored)."""
+    if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    common = dict(data_dir=str(prepared_data), **TINY, eval_interval=25, device="cuda")
+
+    def run(out, **kw):
+        return tg.train(tg.config_from_preset(None, out_dir=str(tmp_path / out), **{**common, **kw}), progress=False)
+
+    fp32 = run("fp32", max_iters=50, dtype="float32")
+    amp = run("amp", max_iters=50, dtype=dtype, compile=True)
+    assert amp["best_val_loss"] < 3.5 and abs(amp["best_val_loss"] - fp32["best_val_loss"]) < 0.1
+    run("resumed", max_iters=25, dtype=dtype)
+    resumed = run("resumed", max_iters=50, dtype=dtype, resume=True)
+    meta = tg.read_resume_meta(tmp_path / "resumed" / "resume.safetensors")
+    assert meta["step"] == 50 and resumed["best_val_loss"] < 3.5
+    assert bool(meta["scaler"]) == (dtype == "float16")  # the scale an fp16 run had reached is kept
     model = make_tiny_model("abcd").cuda()
     assert model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cuda").defaults["fused"] is True
