@@ -136,7 +136,7 @@ lower is better, and exp(loss) is how many characters the model is, on average, 
 Needs `model_gpt2.py` from the project (and torch, huggingface_hub, safetensors).
 
 ```python
-from model_gpt2 import GPT, REPO_ID, GPTConfig, load_model
+from model_gpt2 import load_model
 
 model = load_model("{repo}")  # or the local folder written by train_gpt2.py
 print(model.generate_text("ROMEO:", max_new_tokens=300, temperature=0.8, seed=0))

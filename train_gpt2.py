@@ -137,20 +137,29 @@ def _field_comments() -> dict:
 
 
 def parse_args(argv=None) -> TrainConfig:
-    """Flags over defaults. The defaults are TrainConfig's, then the --preset's, then, with --resume,
-    the saved run's settings: `--out-dir out --resume` continues the run as it was started, and only
-    the flags typed now (say, a larger --max-iters) change it."""
+    """Flags over defaults. The defaults are TrainConfig's, then the --preset's; with --resume, the
+    saved run's settings instead of a preset: `--out-dir out --resume` continues the run as it was
+    started, and only the flags typed now (say, a larger --max-iters) change it. Where it runs
+    (--device, --compile) and --push-to-hub are this machine's choice, never taken from the run."""
     ap = build_parser()
     known = ap.parse_known_args(argv)[0]
+    if known.preset and known.resume:
+        ap.error("--preset and --resume: a resumed run keeps the settings it was saved with; drop --preset")
     if known.preset:
         ap.set_defaults(**PRESETS[known.preset])
     saved_path = Path(known.out_dir) / "resume.safetensors"
     if known.resume and saved_path.is_file():
         saved = read_resume_meta(saved_path)["config"]
-        ap.set_defaults(**{f.name: saved[f.name] for f in dataclasses.fields(TrainConfig) if f.name in saved})
+        machine = ("device", "compile", "push_to_hub", "resume", "out_dir")
+        ap.set_defaults(
+            **{
+                f.name: saved[f.name]
+                for f in dataclasses.fields(TrainConfig)
+                if f.name in saved and f.name not in machine
+            }
+        )
     args = vars(ap.parse_args(argv))
     args.pop("preset")
-    args["resume"], args["out_dir"] = known.resume, known.out_dir
     return TrainConfig(**args)
 
 
@@ -349,16 +358,25 @@ def evaluate_split(model, data: np.ndarray, block_size: int, batch_size: int, de
 
 def _durable_replace(src: Path, dst: Path) -> None:
     """Rename src over dst once src's bytes are on disk, then record the rename: after a crash or a
-    power cut, dst is the old file or the new one, whole."""
-    with open(src, "rb") as f:
-        os.fsync(f.fileno())
+    power cut, dst is the old file or the new one, whole. The rename is atomic in any case; where a
+    file system cannot fsync (some network or FUSE mounts), that step is skipped."""
+    _fsync(src, os.O_RDWR)  # write access: Windows flushes only a handle opened for writing
     os.replace(src, dst)
-    if hasattr(os, "O_DIRECTORY"):  # POSIX: the directory entry too (Windows has no such call)
-        fd = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: the directory entry too
+        _fsync(dst.parent, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _replace_into(src_dir: Path, out_dir: Path, names) -> None:
@@ -610,7 +628,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
         if resume_meta is not None:
             saved = resume_meta["config"]
             changed = [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in asdict(cfg).items()
-                       if k not in ("resume", "out_dir") and k in saved and saved[k] != v]  # fmt: skip
+                       if k not in ("resume", "out_dir", "push_to_hub") and k in saved and saved[k] != v]  # fmt: skip
             if changed:
                 log.print("changed since the run was saved: " + ", ".join(changed))
 
@@ -644,10 +662,14 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
         if saved:
             best_val = losses["val"]
             raw_model.train_info = info(step, losses)
+        finite = math.isfinite(losses["val"]) and math.isfinite(losses["train"])
         if master:
             if saved:
                 save_best_model(raw_model, out_dir)
-            save_resume_state(out_dir / "resume.safetensors", raw_model, optimizer, scaler, state(step))
+            if finite:  # non-finite losses mean broken weights: keep the last good state to resume from
+                save_resume_state(out_dir / "resume.safetensors", raw_model, optimizer, scaler, state(step))
+            else:
+                warnings.warn(f"step {step}: evaluation is not finite; resume.safetensors kept as it was", stacklevel=1)
         log.record(rec)
 
     def info(step, losses):

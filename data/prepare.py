@@ -76,15 +76,17 @@ def split(n: int, train_fraction: float = 0.9) -> int:
 
 def prepare(text: str, out_dir: Path, name: str | None = None) -> dict:
     """Encode `text` by character, split it 90/10 and write train.bin, val.bin, meta.json.
-    `name` names the data set (default: tiny_shakespeare when the text is it, else "text")."""
+    `name` names the data set (default "text"); tiny Shakespeare, recognised by its sha256, is always
+    "tiny_shakespeare", whatever its file was called, so the model card can say what it is."""
     vocab = "".join(sorted(set(text)))
     stoi = {ch: i for i, ch in enumerate(vocab)}
     dtype = np.uint16 if len(vocab) <= 2**16 else np.uint32
     ids = np.fromiter((stoi[ch] for ch in text), dtype=dtype, count=len(text))
     n = split(len(ids))
     out_dir.mkdir(parents=True, exist_ok=True)
-    if name is None:
-        name = "tiny_shakespeare" if hashlib.sha256(text.encode()).hexdigest() == SHAKESPEARE_SHA256 else "text"
+    if hashlib.sha256(text.encode()).hexdigest() == SHAKESPEARE_SHA256:
+        name = "tiny_shakespeare"
+    name = name or "text"
     meta = {
         "name": name,
         "vocab": vocab,

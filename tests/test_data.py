@@ -33,6 +33,10 @@ def test_tiny_shakespeare_split_counts(shakespeare_path, tmp_path):
     assert decode(train[:200]) == text[:200]  # first 90% trains ...
     assert decode(val[-200:]) == text[-200:]  # ... the last 10% validates
     assert decode(val[:50]) == text[1003854 : 1003854 + 50]
+    # recognised by its sha256 whatever the file is called (the model card links the data set); others keep their name
+    assert meta["name"] == "tiny_shakespeare"
+    assert prep.prepare(text, tmp_path / "renamed", name="shakespeare")["name"] == "tiny_shakespeare"
+    assert prep.prepare(text[:5000], tmp_path / "part", name="shakespeare")["name"] == "shakespeare"
 
 
 def test_large_vocabulary_uses_uint32(tmp_path):

@@ -121,6 +121,7 @@ def test_model_card_reports_whole_split_loss_config_and_usage(tmp_path, shakespe
         and f"app.py --model {REPO}" in card
     )
     assert "ln(65) = 4.17" in card
+    assert "```python\nfrom model_gpt2 import load_model\n" in card  # the usage snippet runs as written
 
 
 def test_model_card_labels_the_batch_estimate_and_omits_what_is_missing(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import ROOT, make_tiny_model
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import train_gpt2 as tg
 from model_gpt2 import GPT, load_model
@@ -264,6 +264,35 @@ def test_non_finite_losses_skip_updates_then_stop_with_the_checkpoint_intact(pre
     assert all(torch.isfinite(t).all() for t in saved.values())
 
 
+def test_diverged_weights_never_overwrite_the_resume_state(prepared_data, tmp_path, monkeypatch):
+    """Weights blown up by an update (finite loss, then inf): later evaluations are not finite, and
+    resume.safetensors keeps the last good state that the error message tells the user to resume from."""
+    out = tmp_path / "out"
+    cfg = tg.config_from_preset(
+        None, data_dir=str(prepared_data), out_dir=str(out), **TINY, max_iters=100, eval_interval=10
+    )
+    real, updates = tg.clip_and_step, {"n": 0}
+
+    def blow_up(model, *args):
+        norm = real(model, *args)
+        updates["n"] += 1
+        if updates["n"] == 27:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("inf"))
+        return norm
+
+    monkeypatch.setattr(tg, "clip_and_step", blow_up)
+    with pytest.warns(UserWarning) as caught, pytest.raises(FloatingPointError):
+        tg.train(cfg, progress=False)
+    messages = [str(w.message) for w in caught]
+    assert "step 27: non-finite loss (nan), update skipped (1 in a row)" in messages
+    assert "step 30: evaluation is not finite; resume.safetensors kept as it was" in messages
+    meta, tensors = tg.read_resume_state(out / "resume.safetensors")
+    assert meta["step"] == 20
+    assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))
+
+
 # ---------------------------------------------------------------- bad input: a clear error before any work
 
 
@@ -352,8 +381,8 @@ def test_resume_takes_the_saved_settings_and_only_the_flags_typed_now(short_run,
         "resume": True,
         "out_dir": str(out),
     }
-    cfg = tg.parse_args([f"--out-dir={out}", "--resume", "--preset=cpu", "--max-iters=320"])
-    assert cfg.max_iters == 320 and cfg.n_embd == saved["n_embd"] == 32  # the saved run beats the preset
+    with pytest.raises(SystemExit):  # a preset would say nothing: the saved settings are the run's
+        tg.parse_args([f"--out-dir={out}", "--resume", "--preset=cpu"])
 
     proc = run_train(f"--out-dir={out}", "--resume", "--max-iters=320", "--weight-decay=0.5")
     assert "resuming at step 300 -> 320 steps" in proc.stdout
@@ -361,6 +390,15 @@ def test_resume_takes_the_saved_settings_and_only_the_flags_typed_now(short_run,
     meta = tg.read_resume_meta(out / "resume.safetensors")
     assert meta["step"] == 320 and meta["config"]["learning_rate"] == saved["learning_rate"] == 4e-3
     assert [g["weight_decay"] for g in meta["param_groups"]] == [0.5, 0.0]
+
+    # where it runs and where it pushes belong to this machine and this command, not to the saved run
+    meta, tensors = tg.read_resume_state(out / "resume.safetensors")
+    meta["config"].update(device="cuda", compile=True, push_to_hub="someone/char-gpt")
+    save_file(tensors, str(out / "resume.safetensors"), metadata={"state": json.dumps(meta)})
+    cfg = tg.parse_args([f"--out-dir={out}", "--resume"])
+    default = tg.TrainConfig()
+    assert (cfg.device, cfg.compile, cfg.push_to_hub) == (default.device, default.compile, default.push_to_hub)
+    assert not default.push_to_hub and not default.compile
 
 
 def test_resume_with_data_of_another_vocabulary(prepared_data, tmp_path, short_run, capsys):
