@@ -23,7 +23,7 @@ import platform
 import sys
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,6 +101,12 @@ PRESETS = {
 }  # fmt: skip
 
 
+# settings of the command, never of the run: --resume doesn't take them from the saved run ...
+COMMAND_ONLY = ("resume", "out_dir", "push_to_hub")
+# ... nor where it runs, though a change of these is still listed in the log
+MACHINE_ONLY = ("device", "compile")
+
+
 class ConfigError(ValueError):
     """A bad flag, data set or out-dir, found before any work; the message says how to fix it."""
 
@@ -150,14 +156,8 @@ def parse_args(argv=None) -> TrainConfig:
     saved_path = Path(known.out_dir) / "resume.safetensors"
     if known.resume and saved_path.is_file():
         saved = read_resume_meta(saved_path)["config"]
-        machine = ("device", "compile", "push_to_hub", "resume", "out_dir")
-        ap.set_defaults(
-            **{
-                f.name: saved[f.name]
-                for f in dataclasses.fields(TrainConfig)
-                if f.name in saved and f.name not in machine
-            }
-        )
+        skip = COMMAND_ONLY + MACHINE_ONLY
+        ap.set_defaults(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__ and k not in skip})
     args = vars(ap.parse_args(argv))
     args.pop("preset")
     return TrainConfig(**args)
@@ -367,16 +367,12 @@ def _durable_replace(src: Path, dst: Path) -> None:
 
 
 def _fsync(path: Path, flags: int) -> None:
-    try:
+    with suppress(OSError):
         fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _replace_into(src_dir: Path, out_dir: Path, names) -> None:
@@ -628,7 +624,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
         if resume_meta is not None:
             saved = resume_meta["config"]
             changed = [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in asdict(cfg).items()
-                       if k not in ("resume", "out_dir", "push_to_hub") and k in saved and saved[k] != v]  # fmt: skip
+                       if k not in COMMAND_ONLY and k in saved and saved[k] != v]  # fmt: skip
             if changed:
                 log.print("changed since the run was saved: " + ", ".join(changed))
 
