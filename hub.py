@@ -3,8 +3,9 @@
     hf auth login                                            # once: a token with write access
     python hub.py push out ORG/NAME [--private]              # the model in out/ -> huggingface.co/ORG/NAME
     python hub.py deploy ORG/SPACE --model ORG/NAME [--private]   # a Gradio Space serving that model
+    python hub.py convert out                                # a folder of an older layout -> transformers' layout
 
-push uploads config.json, model.safetensors, metrics.jsonl, loss.png and a fresh model card
+push uploads config.json, model.safetensors, the tokenizer files, metrics.jsonl, loss.png and a fresh model card
 (README.md, with a sample); never resume.safetensors (the optimizer state is for training only).
 deploy uploads app.py, model_gpt2.py, a requirements.txt that installs the CPU build of torch,
 and the Space's README.md, and sets the Space variable GPT_MODEL=ORG/NAME that app.py reads.
@@ -18,22 +19,30 @@ needs billing set up instead. Nothing here changes the files of the local model 
 import argparse
 import json
 import math
+import os
 import re
 import shutil
 import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
 
-import torch
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
 
-from model_gpt2 import GPT, REPO_ID, GPTConfig, load_model
+from model_gpt2 import REPO_ID, load_model
 
 ROOT = Path(__file__).resolve().parent
-MODEL_FILES = ("config.json", "model.safetensors", "metrics.jsonl", "loss.png")  # + README.md, rendered
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "metrics.jsonl",
+    "loss.png",
+)
+# + README.md, rendered
 SPACE_FILES = ("app.py", "model_gpt2.py")  # + requirements.txt and README.md, generated
 TRAINING_ONLY = ("matplotlib",)  # left out of the Space's requirements
 CPU_TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
@@ -45,12 +54,6 @@ class HubError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------- model card
-
-
-def num_params(c: dict) -> int:
-    """Parameters of the GPT in config.json, as model.num_params() counts them (built on the meta device: no memory)."""
-    with torch.device("meta"):
-        return GPT(GPTConfig(**{f.name: c[f.name] for f in fields(GPTConfig)})).num_params()
 
 
 def is_tiny_shakespeare(config: dict) -> bool:
@@ -69,7 +72,7 @@ def render_model_card(config: dict, out_dir: Path, sample: str | None = None, re
     tc = info.get("train_config") or {}
     repo = repo_id or "ORG/NAME"
     shakespeare = is_tiny_shakespeare(config)
-    n_params = num_params(config)
+    n_params = config["num_params"]
     vocab_size = config["vocab_size"]
 
     def fmt(x, spec=""):
@@ -82,14 +85,14 @@ def render_model_card(config: dict, out_dir: Path, sample: str | None = None, re
         val = f"| validation loss (estimate on {batches} of the validation split) | {info['val_loss']:.4f} |"
     else:
         val = "| validation loss | not measured |"
-    arch = [(k, config[k]) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "bias")]
+    arch = [(k, config[k]) for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "resid_pdrop", "bias")]
     train_keys = ("batch_size", "grad_accum_steps", "learning_rate", "min_lr", "warmup_iters", "max_iters",
                   "weight_decay", "beta1", "beta2", "grad_clip", "eval_interval", "eval_iters", "seed")  # fmt: skip
     settings = arch + [("parameters", f"{n_params:,}")] + [(k, tc[k]) for k in train_keys if k in tc]
     rows = "\n".join(f"| {k} | {v} |" for k, v in settings)
     tags = ["gpt2", "character-level", "text-generation"] + (["tiny-shakespeare"] if shakespeare else [])
     front = "\n".join(
-        ["---", "library_name: char-gpt", "license: mit", "pipeline_tag: text-generation", "tags:"]
+        ["---", "library_name: transformers", "license: mit", "pipeline_tag: text-generation", "tags:"]
         + [f"- {t}" for t in tags]
         + (["datasets:", "- karpathy/tiny_shakespeare"] if shakespeare else [])
         + ["---"]
@@ -112,9 +115,9 @@ def render_model_card(config: dict, out_dir: Path, sample: str | None = None, re
 # Character-level GPT-2 ({n_params / 1e6:.2f}M parameters)
 
 A GPT-2 that reads and writes one character at a time ({config["n_layer"]} layers, {config["n_head"]} heads,
-{config["n_embd"]} dimensions, a context of {config["block_size"]} characters), trained from scratch with
-`train_gpt2.py` from the "Let's build GPT" course project. Its vocabulary ({vocab_size} characters) is stored in
-config.json, so the model needs no separate tokenizer file.
+{config["n_embd"]} dimensions, a context of {config["n_positions"]} characters), trained from scratch with
+`train_gpt2.py` from the "Let's build GPT" course project. The repo is a standard transformers GPT-2: its tokenizer
+(tokenizer.json) has one token per character of its {vocab_size}-character vocabulary, also listed in config.json.
 
 ## Results
 
@@ -131,7 +134,18 @@ The loss is the cross-entropy in nats per character: the average of -ln(probabil
 character). Guessing uniformly among the {vocab_size} characters scores ln({vocab_size}) = {math.log(vocab_size):.2f};
 lower is better, and exp(loss) is how many characters the model is, on average, still choosing between.
 {curve}{sample_block}
-## Usage
+## Use with transformers
+
+```python
+from transformers import pipeline
+generate = pipeline("text-generation", model="{repo}")
+print(generate("ROMEO:", max_new_tokens=300, do_sample=True, temperature=0.8)[0]["generated_text"])
+```
+
+`do_sample=False` gives the greedy text; `top_k` and `top_p` narrow the choice. A character outside the
+vocabulary is left out of the prompt.
+
+## Use with the project's code
 
 Needs `model_gpt2.py` from the project (and torch, huggingface_hub, safetensors).
 
@@ -220,8 +234,12 @@ def push_model(out_dir, repo_id: str, token: str | None = None, private: bool = 
         model = load_model(out_dir)  # upload only what loads
     except (ValueError, OSError) as e:
         raise HubError(f"{out_dir} does not hold a model that loads, so nothing was pushed: {e}") from e
-    token = ready_to_upload(token)
     config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+    if "model_type" not in config:
+        raise HubError(
+            f"{out_dir} is in an older layout that transformers cannot read: first run `python hub.py convert {out_dir}`"
+        )
+    token = ready_to_upload(token)
     sample = model.generate_text(model.tokenizer.start_text, 300, temperature=0.8, seed=0)
     api = api or HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
@@ -327,6 +345,27 @@ def deploy_space(space_id: str, model_repo: str, token: str | None = None, api=N
     return url
 
 
+# ---------------------------------------------------------------------------- older folders
+
+
+def convert_folder(out_dir) -> None:
+    """Rewrite a model folder saved by an older model_gpt2 (our weight orientation, no tokenizer files) in the
+    transformers GPT-2 layout, in place: each file is replaced atomically; the weights compute the same."""
+    out_dir = Path(out_dir)
+    try:
+        with warnings.catch_warnings():  # the "older layout, convert it" warning: that is what happens now
+            warnings.simplefilter("ignore", UserWarning)
+            model = load_model(out_dir)
+    except (ValueError, OSError) as e:
+        raise HubError(f"{out_dir} does not hold a model that loads, so nothing was converted: {e}") from e
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        model.save_pretrained(tmp)
+        (Path(tmp) / "README.md").write_text(render_model_card(model.hub_config(), out_dir), encoding="utf-8")
+        for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md", "config.json"):
+            os.replace(Path(tmp) / name, out_dir / name)  # config.json last: it says which layout the weights are in
+    print(f"converted {out_dir}: transformers' GPT2LMHeadModel, pipeline() and AutoTokenizer now read it")
+
+
 # ---------------------------------------------------------------------------- command line
 
 
@@ -341,10 +380,14 @@ def main(argv=None) -> int:
     deploy.add_argument("space_id", help="ORG/NAME of the Space (created if needed)")
     deploy.add_argument("--model", required=True, help="ORG/NAME of the model repo the app loads")
     deploy.add_argument("--private", action="store_true", help="create the Space as private")
+    convert = sub.add_parser("convert", help="rewrite a model folder of an older layout for transformers, in place")
+    convert.add_argument("out_dir", help="folder written by an older train_gpt2.py")
     args = ap.parse_args(argv)
     try:
         if args.command == "push":
             push_model(args.out_dir, args.repo_id, private=args.private)
+        elif args.command == "convert":
+            convert_folder(args.out_dir)
         else:
             deploy_space(args.space_id, args.model, private=args.private)
     except HubError as e:

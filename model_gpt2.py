@@ -1,31 +1,34 @@
 """A character-level GPT-2: the model, its tokenizer, and fast streaming generation.
 
-This file is pure: it builds modules and nothing else (no file I/O beyond the Hugging Face
-save/load methods, no globals read, no work at import). It ships to a Hugging Face Space
-beside app.py, so it needs only torch, huggingface_hub and safetensors.
+This file is pure: it builds modules and nothing else (no file I/O beyond save_pretrained and
+from_pretrained, no globals read, no work at import). It ships to a Hugging Face Space beside
+app.py, so it needs only torch, huggingface_hub and safetensors (and tokenizers to save).
 
     from model_gpt2 import load_model
     model = load_model("out")                       # a folder written by train_gpt2.py, or "ORG/NAME" on the Hub
     print(model.generate_text("ROMEO:", max_new_tokens=200, temperature=0.8, seed=0))
 
 The architecture is exactly GPT-2's (transformers' GPT2LMHeadModel) with nanoGPT's parameter
-names, so weights map one-to-one onto both (transformers stores Linear weights as Conv1D,
-i.e. transposed).
+names. A saved folder is at the same time a transformers GPT-2 repo: config.json, model.safetensors
+in GPT-2's layout (its Conv1D weights transposed) and a character-level tokenizer.json, so
+`pipeline("text-generation", model="out")` works too.
 """
 
-import contextlib
+import json
 import math
 import os
 import re
-import sys
+import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
 
@@ -203,14 +206,7 @@ class Block(nn.Module):
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # a Hub repo id: ORG/NAME
 
 
-class GPT(
-    nn.Module,
-    PyTorchModelHubMixin,
-    library_name="char-gpt",
-    tags=["gpt2", "character-level", "text-generation", "tiny-shakespeare"],
-    license="mit",
-    pipeline_tag="text-generation",
-):
+class GPT(nn.Module):
     """GPT-2 language model over characters.
 
     `config` is the architecture; `vocab` the characters of the tokenizer (the vocabulary is part
@@ -416,66 +412,195 @@ class GPT(
     # ---------------------------------------------------------------- save / load
 
     def hub_config(self) -> dict:
-        """What config.json holds: the architecture, the vocabulary and the training facts."""
+        """What config.json holds: a transformers GPT-2 config (so GPT2LMHeadModel and pipeline() read it),
+        plus our own keys: the vocabulary, `bias`, the parameter count and the training facts."""
+        c = self.config
         return {
-            **asdict(self.config),
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            **{GPT2_NAMES.get(f.name, f.name): getattr(c, f.name) for f in fields(GPTConfig) if f.name != "dropout"},
+            **dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), c.dropout),
+            **GPT2_FIXED,
+            # a character model has no begin/end/padding token; transformers' defaults (50256) don't exist here
+            "bos_token_id": None,
+            "eos_token_id": None,
+            "pad_token_id": None,
             "vocab": self.tokenizer.vocab if self.tokenizer else None,
+            "num_params": self.num_params(),
             "train_info": self.train_info,
         }
 
-    def save_pretrained(self, save_directory, **kwargs):
-        kwargs.setdefault("config", self.hub_config())
-        return super().save_pretrained(save_directory, **kwargs)
+    def save_pretrained(self, save_directory) -> None:
+        """Write config.json, model.safetensors (GPT-2's layout) and the tokenizer files into a folder:
+        our load_model, transformers' from_pretrained / pipeline and AutoTokenizer all read it."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no vocabulary: build it with GPT(config, vocab=...) before saving")
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(self.hub_config(), indent=2, sort_keys=True), encoding="utf-8")
+        save_file(to_gpt2_state_dict(self), str(out / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer_json, tokenizer_config = tokenizer_files(self.tokenizer.vocab, self.config.block_size)
+        (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2), encoding="utf-8")
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+    def from_pretrained(cls, name_or_path, map_location: str | torch.device = "cpu", revision: str | None = None):
         """Load from a folder written by save_pretrained, or a Hub repo id "ORG/NAME". Strict: every
-        weight must match the architecture in config.json."""
-        name = str(pretrained_model_name_or_path)
-        if not os.path.isdir(name):
-            if os.path.exists(name) or not REPO_ID.match(name) or name.startswith((".", "/", "~")):
-                raise FileNotFoundError(
-                    f"no model folder at {name!r}. Train one with `python train_gpt2.py --out-dir {name}`, "
-                    "or pass a Hub repo id like ORG/NAME."
-                )
-        else:
-            missing = [f for f in ("config.json", "model.safetensors") if not (Path(name) / f).is_file()]
-            if missing:
-                raise ValueError(
-                    f"{name!r} is not a saved GPT model: {' and '.join(missing)} missing. "
-                    "A model folder is written by train_gpt2.py --out-dir or GPT.save_pretrained()."
-                )
-        kwargs["strict"] = True
+        weight must match the architecture in config.json, and no architecture field is guessed."""
+        config_path, weights_path = _model_files(str(name_or_path), revision)
+        config, vocab, train_info, legacy = config_from_json(config_path)
+        with torch.device("meta"):  # no memory until the weights are read
+            model = cls(config, vocab=vocab, train_info=train_info)
         try:
-            return super().from_pretrained(name, **kwargs)
-        except (OSError, HfHubHTTPError) as e:  # not found, offline, no permission, no network
-            if os.path.isdir(name):
-                raise
-            raise OSError(
-                f"could not load {name!r} from the Hugging Face Hub ({type(e).__name__}). Check the repo id, "
-                "your connection and, for a private repo, your token (`hf auth login`). "
-                "Offline, HF_HUB_OFFLINE=1 uses the local cache."
-            ) from e
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id, **kwargs):
-        config = kwargs.get("config")
-        if config is None and not os.path.isdir(model_id):  # huggingface_hub swallowed a failed download
-            raise OSError(
-                f"{model_id!r} or its config.json was not found on the Hugging Face Hub. Check the repo id and, "
-                "for a private repo, your token (`hf auth login`)."
-            )
-        if not isinstance(config, GPTConfig) or not kwargs.get("vocab"):
+            tensors = load_file(weights_path, device=str(map_location))
+        except SafetensorError as e:
             raise ValueError(
-                f"{model_id!r} is not a model saved by model_gpt2: its config.json lacks the GPT architecture "
-                f"({', '.join(f.name for f in fields(GPTConfig))}) or the vocabulary."
-            )
+                f"{weights_path} is damaged ({e}): the file is cut short or not a safetensors file. "
+                "Copy it again from where it came from, or retrain."
+            ) from e
+        state = tensors if legacy else from_gpt2_state_dict(tensors, config, weights_path)
+        if "lm_head.weight" not in state and "transformer.wte.weight" in state:  # tied: stored once
+            state["lm_head.weight"] = state["transformer.wte.weight"]
+        state.setdefault("transformer.wte.weight", state.get("lm_head.weight"))
         try:
-            return super()._from_pretrained(model_id=model_id, **kwargs)
-        except RuntimeError as e:
-            if "state_dict" not in str(e):  # not a weights mismatch (a device error, say): as it is
-                raise
-            raise ValueError(f"the weights in {model_id!r} do not match its config.json: {e}") from e
+            model.load_state_dict(state, strict=True, assign=True)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"the weights in {weights_path} do not match its config.json: {e}") from e
+        model.transformer.wte.weight = model.lm_head.weight  # assign=True replaced the tied Parameter
+        if legacy:
+            folder = Path(config_path).parent
+            warnings.warn(
+                f"{folder} is in the layout of an older model_gpt2 (weights not in GPT-2's orientation, no tokenizer "
+                f"files), which transformers cannot read. Convert it in place with `python hub.py convert {folder}`.",
+                stacklevel=2,
+            )
+        return model.to(map_location)
+
+
+# GPT-2 stores these four as Conv1D, i.e. transposed: (in_features, out_features). attn.c_proj is square, so a
+# forgotten transpose would load without a shape error and be silently wrong.
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+GPT2_NAMES = {"block_size": "n_positions"}  # GPTConfig field -> its name in a transformers GPT-2 config.json
+GPT2_FIXED = {  # what our architecture always is, in transformers' terms
+    "activation_function": "gelu_new",  # the tanh approximation of GELU
+    "layer_norm_epsilon": 1e-5,
+    "n_inner": None,  # = 4 * n_embd
+    "tie_word_embeddings": True,
+    "scale_attn_weights": True,
+}
+
+
+def to_gpt2_state_dict(model: "GPT") -> dict[str, torch.Tensor]:
+    """Our weights under GPT-2's names and orientation; a bias=False model gets explicit zero biases
+    (GPT-2 always has them, and a zero bias computes the same)."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.LayerNorm)) and name != "lm_head":  # lm_head is tied to wte
+            w = module.weight.detach()
+            out[f"{name}.weight"] = w.t() if f"{name}.weight".endswith(CONV1D_WEIGHTS) else w
+            bias = module.bias if module.bias is not None else torch.zeros(w.size(0) if w.dim() > 1 else w.numel())
+            out[f"{name}.bias"] = bias.detach()
+    out["transformer.wte.weight"] = model.transformer.wte.weight.detach()
+    out["transformer.wpe.weight"] = model.transformer.wpe.weight.detach()
+    return {k: v.contiguous().cpu() for k, v in out.items()}
+
+
+def from_gpt2_state_dict(tensors: dict, config: GPTConfig, source) -> dict[str, torch.Tensor]:
+    """The inverse of to_gpt2_state_dict: our names and orientation. A bias=False model's biases must be zero."""
+    state = {}
+    for name, t in tensors.items():
+        if name.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers older transformers saved
+            continue
+        if name.endswith(".bias") and not config.bias:
+            if torch.count_nonzero(t):
+                raise ValueError(f"{source} has a non-zero {name} but config.json says bias: false")
+            continue
+        state[name] = t.t() if name.endswith(CONV1D_WEIGHTS) else t
+    return state
+
+
+def config_from_json(path) -> tuple[GPTConfig, str, dict, bool]:
+    """(architecture, vocabulary, train_info, is_legacy_layout) from a config.json, strictly: every
+    architecture field must be there; a bad file or value is named with what to do."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"{path} is not valid JSON ({e}); restore it from the Hub repo or the out-dir it came from"
+        ) from e
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object: not a model's config.json")
+    legacy = "model_type" not in d and "block_size" in d
+    if not legacy and d.get("model_type") != "gpt2":
+        raise ValueError(
+            f"{path} is not a model saved by model_gpt2: model_type is {d.get('model_type')!r}, not 'gpt2'."
+        )
+    if not legacy:
+        for key, want in GPT2_FIXED.items():
+            if key in d and d[key] != want and not (key == "n_inner" and d[key] == 4 * d.get("n_embd", 0)):
+                raise ValueError(f"{path}: {key} is {d[key]!r}; model_gpt2 builds only {key} = {want!r}")
+    keys = {f.name: f.name if legacy else GPT2_NAMES.get(f.name, f.name) for f in fields(GPTConfig)}
+    if not legacy:
+        keys["dropout"] = "resid_pdrop"
+    missing = [k for k in [*keys.values(), "vocab"] if d.get(k) is None]
+    if missing:
+        raise ValueError(
+            f"{path} is not a model saved by model_gpt2: it lacks {', '.join(missing)} (a character-level GPT-2's "
+            "config.json names its whole architecture and its vocabulary; no field is guessed)."
+        )
+    try:
+        config = GPTConfig(**{name: d[key] for name, key in keys.items()})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from e
+    if not isinstance(d["vocab"], str) or len(d["vocab"]) != config.vocab_size:
+        raise ValueError(f"{path}: vocab must be a string of vocab_size ({config.vocab_size}) characters")
+    return config, d["vocab"], dict(d.get("train_info") or {}), legacy
+
+
+def _model_files(name: str, revision: str | None) -> tuple[str, str]:
+    """Local paths of config.json and model.safetensors: in the folder `name`, or downloaded from the Hub repo `name`."""
+    if os.path.isdir(name):
+        missing = [f for f in ("config.json", "model.safetensors") if not (Path(name) / f).is_file()]
+        if missing:
+            raise ValueError(
+                f"{name!r} is not a saved GPT model: {' and '.join(missing)} missing. "
+                "A model folder is written by train_gpt2.py --out-dir or GPT.save_pretrained()."
+            )
+        return str(Path(name) / "config.json"), str(Path(name) / "model.safetensors")
+    if os.path.exists(name) or not REPO_ID.match(name) or name.startswith((".", "/", "~")):
+        raise FileNotFoundError(
+            f"no model folder at {name!r}. Train one with `python train_gpt2.py --out-dir {name}`, "
+            "or pass a Hub repo id like ORG/NAME."
+        )
+    try:
+        return tuple(hf_hub_download(name, f, revision=revision) for f in ("config.json", "model.safetensors"))
+    except (OSError, HfHubHTTPError) as e:  # not found, offline, no permission, no network
+        raise OSError(
+            f"could not load {name!r} from the Hugging Face Hub ({type(e).__name__}). Check the repo id, "
+            "your connection and, for a private repo, your token (`hf auth login`). "
+            "Offline, HF_HUB_OFFLINE=1 uses the local cache."
+        ) from e
+
+
+def tokenizer_files(vocab: str, block_size: int) -> tuple[str, dict]:
+    """tokenizer.json and tokenizer_config.json for transformers' AutoTokenizer: one token per character
+    with CharTokenizer's ids, decoding joins characters with nothing between them. A character outside the
+    vocabulary is dropped before tokenizing (as the app and the sampler drop it): no id shifts, no token is
+    added, so vocab_size stays the model's."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    outside = "[^" + "".join(f"\\x{{{ord(ch):x}}}" for ch in vocab) + "]"
+    # WordLevel needs an unknown token; the normalizer has already removed every character it would apply to
+    tok = Tokenizer(models.WordLevel({ch: i for i, ch in enumerate(vocab)}, unk_token=vocab[0]))
+    tok.normalizer = normalizers.Replace(Regex(outside), "")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character alone
+    tok.decoder = decoders.Fuse()
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",  # not GPT2Tokenizer: no byte-level BPE, no <|endoftext|>
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": block_size,
+    }
+    return tok.to_str(pretty=True), config
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
@@ -519,6 +644,4 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
 
 def load_model(name_or_path, device: str | torch.device = "cpu") -> GPT:
     """The one loader every entry point uses: training resume, sampling, the app, the notebooks."""
-    with contextlib.redirect_stdout(sys.stderr):  # huggingface_hub prints "Loading weights..." to stdout
-        model = GPT.from_pretrained(name_or_path, map_location=str(device))
-    return model.to(device).eval()
+    return GPT.from_pretrained(name_or_path, map_location=str(device)).eval()

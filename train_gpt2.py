@@ -8,7 +8,8 @@
     python train_gpt2.py --help                              # every flag, with its default
 
 The out-dir holds the best-by-validation model in Hugging Face format (config.json,
-model.safetensors, README.md: `GPT.from_pretrained(out_dir)` and app.py take the folder),
+model.safetensors, tokenizer.json, README.md: `GPT.from_pretrained(out_dir)`, app.py and
+transformers' `pipeline("text-generation", model=out_dir)` take the folder),
 resume.safetensors (the latest state: weights, optimizer, step, RNG, config), metrics.jsonl
 (one JSON object per log or eval line) and loss.png.
 """
@@ -389,7 +390,9 @@ def save_best_model(model: GPT, out_dir: Path) -> None:
     from hub import render_model_card
 
     (tmp / "README.md").write_text(render_model_card(model.hub_config(), out_dir), encoding="utf-8")
-    _replace_into(tmp, out_dir, ["model.safetensors", "README.md", "config.json"])
+    _replace_into(
+        tmp, out_dir, ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md", "config.json"]
+    )
     for leftover in tmp.iterdir():
         leftover.unlink()
     tmp.rmdir()

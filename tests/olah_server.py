@@ -45,7 +45,10 @@ def add_model_repo(work_dir: Path, repo_id: str, files: list[Path]) -> None:
     repo = work_dir / "mirrors" / "models" / repo_id
     repo.mkdir(parents=True)
     for f in files:
-        shutil.copy2(f, repo / f.name)
+        if f.is_dir():
+            shutil.copytree(f, repo / f.name)
+        else:
+            shutil.copy2(f, repo / f.name)
     git = [
         "git",
         "-C",

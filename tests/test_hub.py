@@ -107,7 +107,10 @@ def test_model_card_reports_whole_split_loss_config_and_usage(tmp_path, shakespe
     (tmp_path / "loss.png").write_bytes(b"png")
     card = render_model_card(model.hub_config(), tmp_path, sample="KING: hello", repo_id=REPO)
     meta = front_matter(card)
-    assert meta["library_name"] == "char-gpt" and meta["license"] == "mit" and meta["pipeline_tag"] == "text-generation"
+    assert meta["library_name"] == "transformers" and meta["license"] == "mit"
+    assert meta["pipeline_tag"] == "text-generation" and {"gpt2", "character-level", "text-generation"} <= set(
+        meta["tags"]
+    )
     assert meta["datasets"] == ["karpathy/tiny_shakespeare"] and "tiny-shakespeare" in meta["tags"]
     assert "| validation loss (whole validation split) | 1.2345 |" in card
     assert (
@@ -122,6 +125,10 @@ def test_model_card_reports_whole_split_loss_config_and_usage(tmp_path, shakespe
     )
     assert "ln(65) = 4.17" in card
     assert "```python\nfrom model_gpt2 import load_model\n" in card  # the usage snippet runs as written
+    # the transformers snippet comes first: three lines, pipeline() on the repo id
+    snippet = card.split("## Use with transformers\n\n```python\n")[1].split("```")[0]
+    assert card.index("## Use with transformers") < card.index("from model_gpt2 import load_model")
+    assert len(snippet.strip().splitlines()) == 3 and f'pipeline("text-generation", model="{REPO}")' in snippet
 
 
 def test_model_card_labels_the_batch_estimate_and_omits_what_is_missing(tmp_path):
@@ -146,50 +153,51 @@ def test_only_tiny_shakespeare_is_labelled_as_it(tmp_path, shakespeare_vocab):
 
 # ---------------------------------------------------------------------------- download from a Hub server
 
-DOWNLOAD = """
-import sys, torch
-sys.path.insert(0, {root!r})
-from model_gpt2 import load_model
-model = load_model({repo!r})
-idx = torch.arange(model.config.block_size).unsqueeze(0) % model.config.vocab_size
-with torch.no_grad():
-    logits = model(idx)[0]
-try:
-    load_model("testorg/no-such-model")
-    missing = None
-except Exception as e:
-    missing = f"{{type(e).__name__}}: {{e}}"
-torch.save({{"logits": logits, "text": model.generate_text({prompt!r}, 100, temperature=0), "missing": missing}}, {out!r})
-"""
-
 
 @pytest.fixture(scope="module")
-def hub_download(tmp_path_factory, tiny_model_dir):
-    """Serve tiny_model_dir as testorg/tiny-gpt with olah; load it in a fresh Python pointed at the server."""
+def hub_download(tmp_path_factory, trained_out):
+    """Push trained_out (recorded), serve what would be sent as testorg/tiny-gpt with olah, and load it
+    in a fresh Python pointed at that server, with our loader and with transformers."""
     cli = find_olah_cli()
     require(cli is not None, f"olah not installed: run {INSTALL_HINT}")
     work = tmp_path_factory.mktemp("olah")
-    files = [tiny_model_dir / name for name in ("config.json", "model.safetensors", "README.md")]
-    with olah_server(cli, work, {REPO: files}) as endpoint:
+    api = RecordingApi()
+    constants.HF_HUB_OFFLINE, offline = False, constants.HF_HUB_OFFLINE
+    try:
+        push_model(trained_out, REPO, token="hf_test", api=api)
+    finally:
+        constants.HF_HUB_OFFLINE = offline
+    pushed = work / "pushed"
+    pushed.mkdir()
+    for name, data in api.sent.items():
+        (pushed / name).write_bytes(data)
+    with olah_server(cli, work, {REPO: sorted(pushed.iterdir())}) as endpoint:
         # in a subprocess: huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE and HF_HUB_CACHE at import
         env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(work / "cache")}
         env.pop("HF_TOKEN", None)
         out = work / "result.pt"
-        code = DOWNLOAD.format(root=str(ROOT), repo=REPO, prompt=PROMPT, out=str(out))
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        cmd = [sys.executable, str(ROOT / "tests" / "load_from_hub.py"), REPO, PROMPT, "20", str(out)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr[-3000:] + (work / "olah.log").read_text(errors="replace")[-2000:]
     return torch.load(out, weights_only=True), work / "cache"
 
 
-def test_model_downloaded_from_hub_server_matches_local(hub_download, tiny_model_dir):
+def test_model_downloaded_from_hub_server_matches_local(hub_download, trained_out):
     result, cache = hub_download
-    local = load_model(tiny_model_dir)
+    local = load_model(trained_out)
     idx = torch.arange(local.config.block_size).unsqueeze(0) % local.config.vocab_size
     with torch.no_grad():
         assert torch.equal(result["logits"], local(idx)[0])
-    assert result["text"] == local.generate_text(PROMPT, 100, temperature=0)
+    assert result["text"] == local.generate_text(PROMPT, 20, temperature=0)
     (snapshot,) = (cache / "models--testorg--tiny-gpt" / "snapshots").iterdir()
-    assert (snapshot / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+    assert (snapshot / "model.safetensors").read_bytes() == (trained_out / "model.safetensors").read_bytes()
+
+
+def test_transformers_loads_the_pushed_repo_from_the_hub_server(hub_download, trained_out):
+    """AutoModelForCausalLM + AutoTokenizer on "ORG/NAME" give our greedy text, character for character."""
+    result, _ = hub_download
+    assert result["transformers_class"] == "GPT2LMHeadModel"
+    assert result["transformers_text"] == load_model(trained_out).generate_text(PROMPT, 20, temperature=0)
 
 
 def test_missing_hub_repo_is_a_clear_error_naming_it(hub_download):
@@ -210,10 +218,21 @@ def test_push_sends_exactly_the_model_files_and_a_fresh_card(trained_out, online
     assert [c[0] for c in api.calls] == ["create_repo", "upload_folder"]
     assert api.calls[0][1] == (REPO,) and api.calls[0][2] == {"repo_type": "model", "exist_ok": True, "private": False}
     assert api.calls[1][2]["repo_id"] == REPO and api.calls[1][2]["repo_type"] == "model"
-    assert set(api.sent) == {"config.json", "model.safetensors", "README.md", "metrics.jsonl", "loss.png"}
-    for name in ("config.json", "model.safetensors", "metrics.jsonl", "loss.png"):
+    sent_files = {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "metrics.jsonl",
+        "loss.png",
+    }
+    assert set(api.sent) == sent_files | {"README.md"}
+    for name in sent_files:
         assert api.sent[name] == before[name], name
     card = api.sent["README.md"].decode()
+    meta = front_matter(card)
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    assert f'pipeline("text-generation", model="{REPO}")' in card
     info = json.loads(before["config.json"])["train_info"]
     assert f"| validation loss (whole validation split) | {info['val_loss_full']:.4f} |" in card
     assert (

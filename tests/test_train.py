@@ -157,7 +157,8 @@ def test_short_cpu_run_learns_and_saves_the_best_model(short_run):
     assert info["tokens_seen"] == best["step"] * 8 * 32
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "config.json", "loss.png", "metrics.jsonl", "model.safetensors", "resume.safetensors"
+        "README.md", "config.json", "loss.png", "metrics.jsonl", "model.safetensors", "resume.safetensors",
+        "tokenizer.json", "tokenizer_config.json",
     ]  # fmt: skip
 
 
