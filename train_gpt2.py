@@ -805,6 +805,24 @@ def compile_or_eager(model):
         return model
 
 
+def train_or_resume(cfg: TrainConfig, progress: bool | None = None) -> dict | None:
+    """A run that can be started again (a notebook after a disconnect): a new run in an empty out-dir, the
+    unfinished run in it resumed, or a finished one left as it is (returns None; its model is in out_dir)."""
+    state_path = Path(cfg.out_dir) / "resume.safetensors"
+    done = read_resume_meta(state_path)["step"] if state_path.is_file() else None
+    if done is None:
+        print(f"training a new model in {cfg.out_dir}")
+        return train(cfg, progress)
+    if done < cfg.max_iters:
+        print(f"{cfg.out_dir} holds a run that stopped at step {done}: resuming it up to step {cfg.max_iters}")
+        return train(dataclasses.replace(cfg, resume=True), progress)
+    print(
+        f"{cfg.out_dir} already holds a finished run ({done} steps): its model is used as it is. "
+        "Choose another out_dir, or a larger max_iters, to train more."
+    )
+    return None
+
+
 def plot_losses(out_dir: Path) -> Path | None:
     """loss.png: train and val loss against step, from metrics.jsonl."""
     try:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(
     {"gpt_dev.ipynb", "gpt2_training.ipynb", "gpt2_gradio.ipynb"} | {p.name for p in ROOT.glob("*.ipynb")}
 )
-COLAB_URL = "https://colab.research.google.com/github/char-gpt/char-gpt/blob/main/"
+COLAB_URL = "https://colab.research.google.com/github/YOUR_NAME/char-gpt/blob/main/"
 BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 # a 1-layer model: the notebook's whole path (data, training, plot, samples) in seconds
 TINY = {
