@@ -24,19 +24,9 @@ from pathlib import Path
 import torch
 
 from data.prepare import load_meta, load_split
+from machine import autocast_context, enable_tf32, hardware_name, pick_device, pick_dtype, sync
 from model_gpt2 import GPT
-from train_gpt2 import (
-    PRESETS,
-    autocast_context,
-    batch_starts,
-    config_from_preset,
-    hardware_name,
-    make_batch,
-    model_config,
-    pick_device,
-    pick_dtype,
-    train,
-)
+from train_gpt2 import PRESETS, batch_starts, config_from_preset, make_batch, model_config, train
 
 NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0)
 SHAKESPEARE_CHAR = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)  # nanoGPT's 10.7M model
@@ -44,13 +34,6 @@ SHAKESPEARE_CHAR = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)  # nano
 # a CPU with another matmul peak scales them, so compare peaks too before reading a speed-up as a code win
 NANOGPT_CPU_MS = 84  # ms per iteration of its CPU recipe (NANOGPT_CPU)
 NANOGPT_GENERATE_S = {100: 3.0, 500: 44.0}  # its generate() on the 10.7M model, seconds for 100 / 500 tokens
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elif device == "mps":
-        torch.mps.synchronize()
 
 
 def timed(device, fn, *args):
@@ -366,9 +349,7 @@ def main(argv=None) -> int:
         device = pick_device(args.device)
     except ValueError as e:
         ap.error(str(e))
-    if device.startswith("cuda"):  # as train_gpt2 does
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    enable_tf32(device)  # as train_gpt2 does
     meta, data = load_meta(Path(args.data_dir)), load_split(Path(args.data_dir), "train")
     peak_dtype = pick_dtype(device)  # fp32 on a CPU; bf16 (fp16 before Ampere) on a GPU, as training uses
     t0, peak = time.perf_counter(), matmul_peak(device, peak_dtype)

@@ -15,8 +15,8 @@ import contextlib
 import sys
 from dataclasses import dataclass, field, fields
 
+from machine import pick_device
 from model_gpt2 import check_sampling, load_model
-from train_gpt2 import pick_device
 
 
 @dataclass

@@ -20,7 +20,6 @@ import inspect
 import json
 import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -36,6 +35,7 @@ from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data.prepare import DataError, load_meta, load_split
+from machine import DeviceError, autocast_context, enable_tf32, hardware_name, pick_device, pick_dtype
 from model_gpt2 import GPT, GPTConfig, load_model
 
 ARCH_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
@@ -228,63 +228,6 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
                 f"{out_dir} already holds a training run: pass --resume to continue it, or choose another --out-dir"
             )
         raise ConfigError(f"{out_dir} is not empty and holds other files; choose an empty or new --out-dir")
-
-
-# ---------------------------------------------------------------------------- devices
-
-
-def pick_device(requested: str = "auto") -> str:
-    """auto = cuda > mps > cpu; a device asked for by name must exist here (ConfigError otherwise)."""
-    if requested == "auto":
-        return _best_device()
-    kind, _, index = requested.partition(":")
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if kind not in available or (index and not (kind == "cuda" and index.isdigit())):
-        raise ConfigError(f"--device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
-    if not available[kind]:
-        raise ConfigError(f"--device {requested}: this machine has no {kind.upper()} device; use --device cpu or auto")
-    if index and int(index) >= torch.cuda.device_count():
-        n = torch.cuda.device_count()
-        raise ConfigError(f"--device {requested}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
-    return requested
-
-
-def _best_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def pick_dtype(device: str, requested: str = "auto") -> torch.dtype:
-    """fp32 on CPU/MPS (bf16 on a CPU without bf16 units is ~100x slower); bf16 on Ampere+, else fp16."""
-    if requested != "auto":
-        return getattr(torch, requested)
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    return torch.float32
-
-
-def autocast_context(device: str, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
-
-
-def hardware_name(device: str) -> str:
-    """What the model card and the logs call the hardware: the GPU's name, or the CPU's model and threads."""
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(device)
-    if device != "cpu":
-        return device
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:  # not Linux
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
 # ---------------------------------------------------------------------------- data
@@ -570,9 +513,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
     dtype = pick_dtype(device, cfg.dtype)
     autocast = autocast_context(device, dtype)
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    enable_tf32(device)
     master = rank == 0
     accum = cfg.grad_accum_steps // world  # micro-batches per process per step
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps
@@ -860,7 +801,7 @@ def main(argv=None) -> int:
     cfg = parse_args(argv)
     try:
         train(cfg)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:

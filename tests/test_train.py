@@ -414,33 +414,7 @@ def test_resume_with_data_of_another_vocabulary(prepared_data, tmp_path, short_r
     assert untouched(out) == before
 
 
-# ---------------------------------------------------------------- devices, precision, compile
-
-
-def test_a_device_asked_for_must_exist(monkeypatch):
-    assert tg.pick_device("cpu") == "cpu"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert tg.pick_device("auto") == "cpu"
-    with pytest.raises(tg.ConfigError, match="no CUDA device; use --device cpu or auto"):
-        tg.pick_device("cuda")
-    with pytest.raises(tg.ConfigError, match="no MPS device"):
-        tg.pick_device("mps")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert tg.pick_device("cuda:1") == "cuda:1"
-    with pytest.raises(tg.ConfigError, match="2 CUDA device"):
-        tg.pick_device("cuda:2")
-
-
-def test_dtype_is_decided_by_the_gpu(monkeypatch):
-    assert tg.pick_dtype("cpu") == torch.float32 and tg.pick_dtype("mps") == torch.float32
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    assert tg.pick_dtype("cuda") == torch.bfloat16  # A100, H100, RTX 30xx/40xx
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    assert tg.pick_dtype("cuda") == torch.float16  # T4, V100: fp16 with a GradScaler
-    assert tg.pick_dtype("cuda", "float32") == torch.float32
-    assert isinstance(tg.autocast_context("cpu", torch.float32), type(__import__("contextlib").nullcontext()))
+# ---------------------------------------------------------------- compile
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch):
