@@ -38,7 +38,7 @@ def pick_device(requested: str = "auto") -> str:
 
 
 def pick_dtype(device: str, requested: str = "auto") -> torch.dtype:
-    """fp32 on CPU/MPS (bf16 on a CPU without bf16 units is ~100x slower); bf16 on Ampere+, else fp16."""
+    """fp32 on CPU/MPS (a CPU without bf16 units runs bf16 far slower); bf16 on Ampere+, else fp16."""
     if requested != "auto":
         return getattr(torch, requested)
     if device.startswith("cuda"):
