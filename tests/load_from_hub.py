@@ -12,11 +12,9 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import constants, snapshot_download
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the project's root
 from model_gpt2 import load_model  # noqa: E402
 
 repo, prompt, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]

@@ -8,13 +8,11 @@ its pins clash with the app's; set OLAH_CLI to use another install.
 import os
 import shutil
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import free_port, stop_process
+import httpx
+from helpers import free_port, server_process
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_HINT = (
@@ -73,25 +71,10 @@ def olah_server(cli: str, work_dir: Path, models: dict[str, list[Path]], timeout
     port = free_port()
     (work_dir / "olah.toml").write_text(CONFIG.format(port=port))
     url = f"http://127.0.0.1:{port}"
-    log_path = work_dir / "olah.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([cli, "-c", "olah.toml"], cwd=work_dir, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/models/{next(iter(models))}/revision/main", timeout=2)
-                break
-            except urllib.error.HTTPError:  # an HTTP answer, even an error, means it is serving
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = log_path.read_text(errors="replace")[-3000:]
-                    state = (
-                        f"exited with {proc.returncode}" if proc.poll() is not None else f"no answer in {timeout:.0f} s"
-                    )
-                    raise RuntimeError(f"olah did not start ({state}); log tail:\n{tail}") from None
-                time.sleep(0.2)
+
+    def answers() -> bool:  # any HTTP answer, even an error status, means it is serving
+        httpx.get(f"{url}/api/models/{next(iter(models))}/revision/main", timeout=2)
+        return True
+
+    with server_process([cli, "-c", "olah.toml"], answers, work_dir / "olah.log", timeout, cwd=work_dir):
         yield url
-    finally:
-        stop_process(proc)

@@ -6,17 +6,15 @@ screenshot; SAVE_SCREENSHOT=PATH keeps the browser's screenshot there, e.g. docs
 """
 
 import os
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, free_port, require, stop_process
 from gradio_client import Client
 from gradio_client.exceptions import AppError
+from helpers import ROOT, free_port, require, server_process
 
 import app
 from model_gpt2 import load_model
@@ -49,27 +47,12 @@ def model(model_dir):
 def server(model_dir, tmp_path_factory):
     """`python app.py --model DIR --port P`, as a user runs it; yields its URL once it answers HTTP 200."""
     port = free_port()
-    log = tmp_path_factory.mktemp("app") / "app.log"
-    with open(log, "w") as f:
-        cmd = [sys.executable, "app.py", "--model", str(model_dir), "--port", str(port)]
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120  # import gradio ~5 s + launch ~5 s on a quiet machine
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"app.py exited with code {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(url, timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer on {url} within 120 s:\n{log.read_text()}")
-            time.sleep(0.5)
+    cmd = [sys.executable, "app.py", "--model", str(model_dir), "--port", str(port)]
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    # import gradio ~5 s + launch ~5 s on a quiet machine
+    with server_process(cmd, lambda: httpx.get(url, timeout=5).status_code == 200, log, timeout=120, cwd=ROOT):
         yield url
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

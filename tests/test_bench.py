@@ -9,7 +9,7 @@ import math
 import subprocess
 import sys
 
-from conftest import ROOT
+from helpers import ROOT
 
 from train_gpt2 import PRESETS
 

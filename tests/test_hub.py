@@ -20,7 +20,7 @@ import httpx2
 import pytest
 import torch
 import yaml
-from conftest import ROOT, make_tiny_model, require
+from helpers import ROOT, make_tiny_model, require
 from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError
 from olah_server import INSTALL_HINT, find_olah_cli, olah_server

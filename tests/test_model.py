@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 
 from model_gpt2 import GPT, CharTokenizer, GPTConfig, load_model, sample_next_token
 from train_gpt2 import PRESETS, config_from_preset, model_config

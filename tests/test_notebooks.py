@@ -13,7 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import free_port
+from helpers import free_port
 
 from model_gpt2 import load_model
 

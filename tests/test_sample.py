@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from conftest import ROOT, make_tiny_model
+from helpers import ROOT, make_tiny_model
 
 from model_gpt2 import load_model
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, make_tiny_model
+from helpers import ROOT, make_tiny_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 

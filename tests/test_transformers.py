@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 from safetensors.torch import load_file, save_model
 from transformers import AutoTokenizer, GPT2LMHeadModel, pipeline
 
