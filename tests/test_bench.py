@@ -9,9 +9,12 @@ import math
 import subprocess
 import sys
 
+import pytest
 from helpers import ROOT
 
 from train_gpt2 import PRESETS
+
+pytestmark = pytest.mark.slow  # every test here starts a process
 
 
 def test_quick_bench_prints_one_json_document_and_a_table(prepared_data, tmp_path):

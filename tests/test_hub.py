@@ -182,6 +182,7 @@ def hub_download(tmp_path_factory, trained_out):
     return torch.load(out, weights_only=True), work / "cache"
 
 
+@pytest.mark.slow
 def test_model_downloaded_from_hub_server_matches_local(hub_download, trained_out):
     result, cache = hub_download
     local = load_model(trained_out)
@@ -193,6 +194,7 @@ def test_model_downloaded_from_hub_server_matches_local(hub_download, trained_ou
     assert (snapshot / "model.safetensors").read_bytes() == (trained_out / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_transformers_loads_the_pushed_repo_from_the_hub_server(hub_download, trained_out):
     """AutoModelForCausalLM + AutoTokenizer on "ORG/NAME" give our greedy text, character for character."""
     result, _ = hub_download
@@ -200,6 +202,7 @@ def test_transformers_loads_the_pushed_repo_from_the_hub_server(hub_download, tr
     assert result["transformers_text"] == load_model(trained_out).generate_text(PROMPT, 20, temperature=0)
 
 
+@pytest.mark.slow
 def test_missing_hub_repo_is_a_clear_error_naming_it(hub_download):
     missing = hub_download[0]["missing"]
     assert missing is not None, "loading a repo the server does not have succeeded"
@@ -367,6 +370,7 @@ def test_deploy_without_app_py_says_so(monkeypatch, tmp_path, online):
         (["push", "{out}", "not-a-repo-id"], {}, "must look like ORG/NAME"),
     ],
 )
+@pytest.mark.slow
 def test_cli_errors_exit_2_with_a_message(trained_out, tmp_path, args, env, message):
     hf_vars = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_OIDC_RESOURCE")
     base = {k: v for k, v in os.environ.items() if k not in hf_vars}

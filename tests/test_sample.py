@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pytest
 from helpers import ROOT, make_tiny_model
 
 from model_gpt2 import load_model
+
+pytestmark = pytest.mark.slow  # every test here starts a process
 
 SEP = "---------------"
 

@@ -110,6 +110,7 @@ def test_learning_rate_schedule():
 # ---------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_flags_come_from_the_dataclass_and_override_the_preset():
     cfg = tg.parse_args(["--preset", "cpu", "--n-layer", "2", "--learning-rate", "0.01", "--no-bias", "--compile"])
     assert cfg.n_layer == 2 and cfg.learning_rate == 0.01 and cfg.bias is False and cfg.compile is True
@@ -350,6 +351,7 @@ def test_missing_or_empty_data(tmp_path, prepared_data, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_out_dir_holding_something_else_or_a_run(prepared_data, tmp_path, short_run, capsys):
     other = tmp_path / "other"
     other.mkdir()
@@ -402,6 +404,7 @@ def test_resume_takes_the_saved_settings_and_only_the_flags_typed_now(short_run,
     assert not default.push_to_hub and not default.compile
 
 
+@pytest.mark.slow
 def test_resume_with_data_of_another_vocabulary(prepared_data, tmp_path, short_run, capsys):
     from data.prepare import prepare
 
