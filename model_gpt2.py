@@ -427,7 +427,9 @@ class GPT(
 
     def save_pretrained(self, save_directory, **kwargs):
         kwargs.setdefault("config", self.hub_config())
-        return super().save_pretrained(save_directory, **kwargs)
+        out = super().save_pretrained(save_directory, **kwargs)
+        follow_umask(Path(save_directory) / "model.safetensors")  # safetensors writes it 0600
+        return out
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):

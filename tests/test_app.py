@@ -5,6 +5,7 @@ The model is the random-weight tiny_model_dir, or APP_TEST_MODEL=DIR (a trained 
 screenshot; SAVE_SCREENSHOT=PATH keeps the browser's screenshot there, e.g. docs/app.png).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -46,10 +47,15 @@ def model(model_dir):
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
+def server_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("app") / "app.log"
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, server_log):
     """`python app.py --model DIR --port P`, as a user runs it; yields its URL once it answers HTTP 200."""
     port = free_port()
-    log = tmp_path_factory.mktemp("app") / "app.log"
+    log = server_log
     with open(log, "w") as f:
         cmd = [sys.executable, "app.py", "--model", str(model_dir), "--port", str(port)]
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
@@ -139,6 +145,39 @@ def test_output_streams_as_it_is_generated(client):
 def test_out_of_range_values_say_the_valid_range(client, args, message):
     with pytest.raises(AppError, match=message):
         generate(client, *args)
+
+
+def call_http(url: str, data: list) -> tuple[str, str]:
+    """The API over plain HTTP, as curl calls it: (SSE event name of the outcome, its data)."""
+    event_id = httpx.post(f"{url}gradio_api/call/generate", json={"data": data}, timeout=30).json()["event_id"]
+    lines = httpx.get(f"{url}gradio_api/call/generate/{event_id}", timeout=60).text.splitlines()
+    events = [(e.split(": ", 1)[1], d.split(": ", 1)[1]) for e, d in zip(lines, lines[1:]) if e.startswith("event: ")]
+    return events[-1]
+
+
+def test_http_api_missing_inputs_take_the_defaults(server, model):
+    event, data = call_http(server, ["ROMEO:"])  # max tokens 100, temperature 0.7, top N all, top-p 1, seed random
+    assert event == "complete", data
+    assert len(json.loads(data)[0]) == len("ROMEO:") + 100
+    event, data = call_http(server, ["ROMEO:", 30, 0])  # greedy: the text is known
+    assert event == "complete" and json.loads(data)[0] == model.generate_text("ROMEO:", 30, temperature=0)
+
+
+def test_http_api_rejects_booleans_with_one_log_line(server, server_log):
+    before = server_log.read_text()
+    for data, message in [
+        (["ROMEO:", True, 0.7], "max tokens must be an integer from 1 to 2000, got True"),
+        (["ROMEO:", 20, True], "temperature must be a number from 0 to 1 (0 = greedy), got True"),
+    ]:
+        event, got = call_http(server, data)
+        assert event == "error" and message in json.loads(got)["error"], got
+    time.sleep(0.5)
+    new = server_log.read_text()[len(before) :]
+    assert "Traceback" not in new
+    assert [line for line in new.splitlines() if "rejected" in line] == [
+        "rejected a request: max tokens must be an integer from 1 to 2000, got True",
+        "rejected a request: temperature must be a number from 0 to 1 (0 = greedy), got True",
+    ], new
 
 
 def test_unknown_characters_are_left_out(client):
