@@ -855,9 +855,9 @@ def divergence_message(out_dir: Path, step: int, bad_steps: int) -> str:
     fix = "lower --learning-rate (or set --grad-clip 1.0)"
     resume = out_dir / "resume.safetensors"
     if not resume.is_file():
-        return (
-            msg
-            + f"No evaluation finished before, so nothing was saved in {out_dir} but metrics.jsonl: {fix} and start again (with another --out-dir, or after deleting {out_dir})."
+        return msg + (
+            f"No evaluation finished before, so no model was saved in {out_dir}: {fix} and start again "
+            f"with another --out-dir (or after deleting {out_dir})."
         )
     saved = read_resume_meta(resume)
     if (out_dir / "model.safetensors").is_file():
