@@ -7,6 +7,7 @@ screenshot; SAVE_SCREENSHOT=PATH keeps the browser's screenshot there, e.g. docs
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -251,3 +252,19 @@ def test_without_a_model_the_app_says_how_to_get_one(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         app.main([])
     assert "missing" in str(e.value.code)
+
+
+def test_a_model_too_large_or_damaged_is_refused_with_the_reason(tiny_model_dir, tmp_path):
+    from test_failures import cut, huge_model_dir
+
+    huge = huge_model_dir(tiny_model_dir, tmp_path)
+    with pytest.raises(SystemExit) as e:
+        app.main(["--model", str(huge)])
+    assert f"Could not load the model '{huge}': the model '{huge}' (" in str(e.value.code)
+    assert "GB to load (weights, KV cache); this machine has" in str(e.value.code)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_model_dir, damaged)
+    cut(damaged / "model.safetensors")
+    with pytest.raises(SystemExit) as e:
+        app.main(["--model", str(damaged)])
+    assert f"{damaged / 'model.safetensors'} is damaged: it cannot be read as safetensors" in str(e.value.code)
