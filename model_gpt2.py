@@ -580,9 +580,12 @@ def available_memory(device: str | torch.device = "cpu") -> int | None:
     return min(free) if free else None
 
 
-def check_fits(config: GPTConfig, device="cpu", training: bool = False, batch_size: int = 1, what="", fix="") -> None:
-    """Raise ModelTooLargeError saying how much memory `config` needs and how much this machine has."""
-    need, have = estimate_memory(config, training, batch_size), available_memory(device)
+def check_fits(
+    config: GPTConfig, device="cpu", training: bool = False, batch_size: int = 1, processes: int = 1, what="", fix=""
+) -> None:
+    """Raise ModelTooLargeError saying how much memory `config` needs (in each of `processes` sharing the
+    device) and how much this machine has."""
+    need, have = processes * estimate_memory(config, training, batch_size), available_memory(device)
     if have is None or need <= have:
         return
     task = "train" if training else "load"

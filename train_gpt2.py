@@ -240,12 +240,10 @@ def check_memory(gpt_config: GPTConfig, cfg: TrainConfig, device: str) -> None:
     """Refuse a model that cannot train in this machine's memory, before anything is allocated: the
     weights, gradients, AdamW state and activations all follow from the flags."""
     on_cpu = not device.startswith("cuda")
-    micro_batch = cfg.batch_size * (int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if on_cpu else 1)  # processes share RAM
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if on_cpu else 1  # torchrun's CPU processes share RAM
     fix = "Choose a smaller --n-layer, --n-embd, --block-size or --batch-size (or a --preset)."
     try:
-        check_fits(gpt_config, device, training=True, batch_size=micro_batch, what="this model", fix=fix)
-        if not on_cpu:  # the model is built on the CPU, then moved
-            check_fits(gpt_config, "cpu", what="this model", fix=fix)
+        check_fits(gpt_config, device, True, cfg.batch_size, processes, what="this model", fix=fix)
     except ModelTooLargeError as e:
         raise ConfigError(str(e)) from None
 
