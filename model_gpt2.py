@@ -647,9 +647,10 @@ def readable_safetensors(path) -> bool:
 
 
 def follow_umask(path) -> None:
-    """Give a file the mode every other new file gets (0666 less the umask). safetensors writes its
-    files 0600 (it creates a private temporary file and renames it), which another user serving the
-    model (a container, a shared machine) cannot read."""
+    """Give a file the mode every other new file gets (0666 less the umask). safetensors 0.8 writes
+    through a temporary file (Rust's tempfile crate, always 0600) renamed into place (safetensors
+    issue #782), so its files come out 0600: another user serving the model (a container, a shared
+    machine) could not read them."""
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)

@@ -850,7 +850,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
 def divergence_message(out_dir: Path, step: int, bad_steps: int) -> str:
     """What a diverged run left in out_dir, read from the folder itself, and how to go on."""
     msg = f"{bad_steps} non-finite losses in a row at step {step}: training diverged. "
-    fix = "lower --learning-rate (or set --grad-clip 1.0)"
+    fix = "lower --learning-rate (or --grad-clip)"
     resume = out_dir / "resume.safetensors"
     if not resume.is_file():
         return msg + (
@@ -860,10 +860,8 @@ def divergence_message(out_dir: Path, step: int, bad_steps: int) -> str:
     saved = read_resume_meta(resume)
     if (out_dir / "model.safetensors").is_file():
         msg += f"The best model (val loss {saved['best_val_loss']:.4f}) is intact in {out_dir}. "
-    return (
-        msg
-        + f"resume.safetensors holds the last good state (step {saved['step']}): {fix}, then continue with `python train_gpt2.py --out-dir {out_dir} --resume --learning-rate LR`."
-    )
+    command = f"python train_gpt2.py --out-dir {out_dir} --resume --learning-rate LR"
+    return msg + f"resume.safetensors holds the last good state (step {saved['step']}): {fix}, then `{command}`."
 
 
 def catch_stop_signals():
@@ -899,12 +897,8 @@ def resume_command(cfg: TrainConfig, world: int) -> str:
     flags += [f"--device {cfg.device}"] if cfg.device != "auto" else []
     flags += ["--compile"] if cfg.compile else []
     flags += [f"--push-to-hub {cfg.push_to_hub}"] if cfg.push_to_hub else []
-    return (
-        launcher
-        + shlex.quote(sys.argv[0] if sys.argv[0].endswith("train_gpt2.py") else "train_gpt2.py")
-        + " "
-        + " ".join(flags)
-    )
+    script = sys.argv[0] if sys.argv[0].endswith("train_gpt2.py") else "train_gpt2.py"
+    return launcher + " ".join([shlex.quote(script), *flags])
 
 
 def clip_and_step(model, optimizer, scaler, grad_clip: float):
