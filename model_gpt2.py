@@ -629,8 +629,8 @@ def weights_advice(folder: Path) -> str:
         return "Download it again (`hf download REPO_ID --force-download`), or ask the repo's owner to push it again."
     if resume.is_file() and readable_safetensors(resume):
         return (
-            f"resume.safetensors in {folder} is intact: `python train_gpt2.py --out-dir {folder} --resume` continues "
-            "training from it, and writes model.safetensors again when an evaluation beats the best so far."
+            f"resume.safetensors in {folder} is intact: `python train_gpt2.py --out-dir {folder} --resume` (with a "
+            "larger --max-iters if the run had finished) continues from it and writes model.safetensors at its next evaluation."
         )
     return "Copy the folder again from where it came from, or train the model again."
 

@@ -40,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from data.prepare import DataError, load_meta, load_split
 from model_gpt2 import (
     GPT,
+    DamagedFileError,
     GPTConfig,
     ModelTooLargeError,
     check_fits,
@@ -639,6 +640,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
             group["betas"] = (cfg.beta1, cfg.beta2)
         optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # group 1 (biases, LayerNorms): never
         start_step, best_val = resume_meta["step"], resume_meta["best_val_loss"]
+        if not readable_safetensors(out_dir / "model.safetensors"):  # lost or damaged: the next evaluation rewrites it
+            best_val = float("inf")
         if rank:  # only rank 0's dropout RNG was saved; the others restart theirs deterministically
             torch.manual_seed(cfg.seed + 7919 * rank + start_step)
     else:
@@ -966,7 +969,7 @@ def main(argv=None) -> int:
     try:
         cfg = parse_args(argv)
         train(cfg)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, DamagedFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:

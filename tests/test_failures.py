@@ -144,6 +144,10 @@ def test_damaged_weights_name_the_file_and_the_resume_state_still_good(run_copy,
     assert f"resume.safetensors in {run_copy} is intact: `python train_gpt2.py --out-dir {run_copy} --resume`" in str(
         e.value
     )
+    # and it is true: resuming (the run had finished: a larger --max-iters) writes a loadable model again
+    assert tg.main([f"--out-dir={run_copy}", "--resume", "--max-iters=25"]) == 0
+    assert load_model(run_copy).train_info["step"] == 25
+    cut(run_copy / "model.safetensors")
     import hub
 
     assert hub.main(["push", str(run_copy), "someone/model"]) == 2
