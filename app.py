@@ -8,6 +8,8 @@ repo and the app listens on 0.0.0.0:7860. The event is also an API:
 
     from gradio_client import Client
     Client("http://127.0.0.1:7860").predict("ROMEO:", 200, 0.7, 0, api_name="/generate")
+
+Inputs left out of an API call take the defaults the page shows (100 characters, temperature 0.7...).
 """
 
 import argparse
