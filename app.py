@@ -8,9 +8,12 @@ repo and the app listens on 0.0.0.0:7860. The event is also an API:
 
     from gradio_client import Client
     Client("http://127.0.0.1:7860").predict("ROMEO:", 200, 0.7, 0, api_name="/generate")
+
+Inputs left out of an API call take the defaults the page shows (100 characters, temperature 0.7...).
 """
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -38,6 +41,12 @@ def bucket(prob: float) -> str:
     return "p>0.8" if prob > 0.8 else "0.5-0.8" if prob > 0.5 else "0.2-0.5" if prob > 0.2 else "<0.2"
 
 
+def reject(message: str) -> gr.Error:
+    """The error an API caller or the page sees; the server log gets this one line, not a traceback."""
+    print(f"rejected a request: {message}", file=sys.stderr, flush=True)
+    return gr.Error(message, print_exception=False)
+
+
 def as_int(value, name: str, low: int | None = None, high: int | None = None, allow_none: bool = False):
     """An integer from a UI/API value (50, 50.0 or "50"), or gr.Error stating the valid range."""
     valid = f"an integer from {low} to {high}" if high is not None else "an integer"
@@ -45,25 +54,36 @@ def as_int(value, name: str, low: int | None = None, high: int | None = None, al
     if value is None or value == "":
         if allow_none:
             return None
-        raise gr.Error(f"{name} must be {valid}, got nothing")
+        raise reject(f"{name} must be {valid}, got nothing")
+    if isinstance(value, bool):  # JSON true is not 1
+        raise reject(f"{name} must be {valid}, got {value!r}")
     try:
         number = value if isinstance(value, int) else float(value)  # an int stays exact (large seeds)
         ok = number == int(number) and (low is None or number >= low) and (high is None or number <= high)
     except (TypeError, ValueError, OverflowError):  # "abc", nan, inf
         ok = False
     if not ok:
-        raise gr.Error(f"{name} must be {valid}, got {value!r}")
+        raise reject(f"{name} must be {valid}, got {value!r}")
     return int(number)
 
 
 def as_float(value, name: str, valid: str, ok) -> float:
     try:
-        number = float(value)
+        number = float(value) if not isinstance(value, bool) else math.nan  # JSON true is not 1.0
     except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be {valid}, got {value!r}") from None
-    if not ok(number):
-        raise gr.Error(f"{name} must be {valid}, got {value!r}")
+        number = math.nan
+    if not ok(number):  # nan fails every range
+        raise reject(f"{name} must be {valid}, got {value!r}")
     return number
+
+
+class Blocks(gr.Blocks):
+    """gr.Blocks whose API calls may leave out trailing inputs: they take the components' defaults
+    (those the API page shows). Gradio would refuse them with an error the caller never sees."""
+
+    def validate_inputs(self, block_fn, inputs: list):
+        inputs.extend(block.value for block in block_fn.inputs[len(inputs) :])  # in place: the call uses this list
+        super().validate_inputs(block_fn, inputs)
 
 
 def count(n: int) -> str:
@@ -135,7 +155,7 @@ def make_generate(model: GPT):
 
 def build_demo(model: GPT, source: str = "") -> gr.Blocks:
     """The page around `model` (`source` names it in the header). Launch it with css=CSS."""
-    with gr.Blocks(title="Character-level GPT-2") as demo:
+    with Blocks(title="Character-level GPT-2") as demo:
         gr.Markdown(model_facts(model, source))
         with gr.Row():
             with gr.Column(scale=1):

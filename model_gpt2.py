@@ -14,6 +14,7 @@ in GPT-2's layout (its Conv1D weights transposed) and a character-level tokenize
 `pipeline("text-generation", model="out")` works too.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -442,6 +443,7 @@ class GPT(nn.Module):
         tokenizer_json, tokenizer_config = tokenizer_files(self.tokenizer.vocab, self.config.block_size)
         (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2), encoding="utf-8")
+        follow_umask(out / "model.safetensors")  # safetensors writes it 0600
 
     @classmethod
     def from_pretrained(cls, name_or_path, map_location: str | torch.device = "cpu", revision: str | None = None):
@@ -449,15 +451,14 @@ class GPT(nn.Module):
         weight must match the architecture in config.json, and no architecture field is guessed."""
         config_path, weights_path = _model_files(str(name_or_path), revision)
         config, vocab, train_info, legacy = config_from_json(config_path)
+        # a config.json can come from any repo: refuse a model too large for memory before allocating
+        check_fits(config, map_location, what=f"the model {str(name_or_path)!r}", fix=LOAD_FIX)
         with torch.device("meta"):  # no memory until the weights are read
             model = cls(config, vocab=vocab, train_info=train_info)
         try:
             tensors = load_file(weights_path, device=str(map_location))
         except SafetensorError as e:
-            raise ValueError(
-                f"{weights_path} is damaged ({e}): the file is cut short or not a safetensors file. "
-                "Copy it again from where it came from, or retrain."
-            ) from e
+            raise damaged_weights(name_or_path, e) from None
         state = tensors if legacy else from_gpt2_state_dict(tensors, config, weights_path)
         if "lm_head.weight" not in state and "transformer.wte.weight" in state:  # tied: stored once
             state["lm_head.weight"] = state["transformer.wte.weight"]
@@ -642,6 +643,136 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+# ---------------------------------------------------------------------------- memory and damaged files
+# A config.json can come from any Hub repo, and a flag can ask for any size: the memory a model needs
+# follows from its shape alone, so a model that cannot fit is refused before anything is allocated.
+
+
+class ModelTooLargeError(ValueError):
+    """A model that would not fit in this machine's memory, refused before anything was allocated."""
+
+
+class DamagedFileError(ValueError):
+    """A weights or state file that cannot be read (cut short, overwritten); the message says what to do."""
+
+
+def count_params(config: GPTConfig) -> int:
+    """GPT(config).num_params() without building it: the embeddings (lm_head tied to wte), then
+    per block 12 C^2 weights (qkv 3, proj 1, MLP 4 + 4) and 13 C biases and LayerNorm parameters."""
+    C = config.n_embd
+    per_vector = 2 if config.bias else 1  # a LayerNorm's weight (and bias)
+    block = 12 * C * C + (9 * C if config.bias else 0) + 2 * per_vector * C
+    return (config.vocab_size + config.block_size) * C + config.n_layer * block + per_vector * C
+
+
+def estimate_memory(config: GPTConfig, training: bool, batch_size: int = 1, bytes_per_value: int = 4) -> int:
+    """Bytes a process needs for this model, a deliberately low estimate (refuse only what surely fails).
+    Inference: the weights twice (loading reads them, then copies them in) and the KV cache.
+    Training: weights, gradients and AdamW's two moments (4 copies), plus the activations kept for
+    the backward pass, ~16 values per position and layer and 3 per logit. Each layer's Python
+    modules also take ~40 KB whatever its size (measured): a million tiny layers fill memory too."""
+    params, modules = count_params(config), 32_000 * config.n_layer
+    positions = batch_size * config.block_size
+    if not training:
+        kv_cache = 2 * config.n_layer * positions * config.n_embd
+        return modules + bytes_per_value * (2 * params + kv_cache)
+    activations = positions * (16 * config.n_layer * config.n_embd + 3 * config.vocab_size)
+    return modules + bytes_per_value * (4 * params + activations)
+
+
+def available_memory(device: str | torch.device = "cpu") -> int | None:
+    """Bytes free for a new allocation on `device` (the GPU's free memory; for the CPU and MPS the
+    system's MemAvailable, lowered by a container's cgroup limit); None where it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    free = []
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/meminfo") as f:
+            free.append(1024 * int(next(line.split()[1] for line in f if line.startswith("MemAvailable:"))))
+    for limit, usage in (("memory.max", "memory.current"), ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+        with contextlib.suppress(OSError, ValueError):  # cgroup v2, then v1; "max" means no limit
+            cg = Path("/sys/fs/cgroup")
+            free.append(int(cg.joinpath(limit).read_text()) - int(cg.joinpath(usage).read_text()))
+    if not free:
+        with contextlib.suppress(ImportError):  # macOS, Windows
+            import psutil
+
+            free.append(psutil.virtual_memory().available)
+    return min(free) if free else None
+
+
+def check_fits(
+    config: GPTConfig, device="cpu", training: bool = False, batch_size: int = 1, processes: int = 1, what="", fix=""
+) -> None:
+    """Raise ModelTooLargeError saying how much memory `config` needs (in each of `processes` sharing the
+    device) and how much this machine has."""
+    need, have = processes * estimate_memory(config, training, batch_size), available_memory(device)
+    if have is None or need <= have:
+        return
+    task = "train" if training else "load"
+    contents = "weights, gradients, optimizer state, activations" if training else "weights, KV cache"
+    raise ModelTooLargeError(
+        f"{what or 'this model'} ({count_params(config) / 1e6:,.0f}M parameters: {config.n_layer} layers, "
+        f"{config.n_embd} dim) needs about {need / 1e9:,.1f} GB to {task} ({contents}); this machine has "
+        f"{have / 1e9:,.1f} GB available on {torch.device(device).type}. {fix or 'Use a smaller model.'}"
+    )
+
+
+def damaged_file_error(path, error: Exception, advice: str) -> DamagedFileError:
+    """The error for a safetensors file that cannot be read: which file, why, and what to do."""
+    return DamagedFileError(f"{path} is damaged: it cannot be read as safetensors ({error}). {advice}")
+
+
+def weights_advice(folder: Path) -> str:
+    """What is still good beside a damaged model.safetensors, and what to do."""
+    resume = folder / "resume.safetensors"
+    if not (folder / "config.json").is_file() or "snapshots" in folder.parts:  # a Hub download in the cache
+        return "Download it again (`hf download REPO_ID --force-download`), or ask the repo's owner to push it again."
+    if resume.is_file() and readable_safetensors(resume):
+        return (
+            f"resume.safetensors in {folder} is intact: `python train_gpt2.py --out-dir {folder} --resume` (with a "
+            "larger --max-iters if the run had finished) continues from it and writes model.safetensors at its next evaluation."
+        )
+    return "Copy the folder again from where it came from, or train the model again."
+
+
+def readable_safetensors(path) -> bool:
+    """True when path's header and its size agree (a cut file does not)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            return True
+    except Exception:  # noqa: BLE001 - SafetensorError, or not a file at all
+        return False
+
+
+def follow_umask(path) -> None:
+    """Give a file the mode every other new file gets (0666 less the umask). safetensors 0.8 writes
+    through a temporary file (Rust's tempfile crate, always 0600) renamed into place (safetensors
+    issue #782), so its files come out 0600: another user serving the model (a container, a shared
+    machine) could not read them."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def load_model(name_or_path, device: str | torch.device = "cpu") -> GPT:
     """The one loader every entry point uses: training resume, sampling, the app, the notebooks."""
     return GPT.from_pretrained(name_or_path, map_location=str(device)).eval()
+
+
+LOAD_FIX = "Load it on a machine with more memory, or check its config.json (n_layer, n_embd)."
+
+
+def damaged_weights(name_or_path, error: Exception) -> DamagedFileError:
+    """The error for a model.safetensors that cannot be read, locally or in the Hub cache."""
+    folder = Path(str(name_or_path))
+    if not folder.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(name_or_path), "model.safetensors")
+        folder = Path(cached).parent if isinstance(cached, str) else folder
+    advice = weights_advice(folder).replace("REPO_ID", str(name_or_path))
+    return damaged_file_error(folder / "model.safetensors", error, advice)

@@ -4,16 +4,18 @@
     python sample_gpt2.py --model ORG/NAME --temperature 0.8 --top-k 40 --seed 1 --num-samples 3
     python sample_gpt2.py --help                             # every flag, with its default
 
---model takes a folder written by train_gpt2.py or a Hugging Face Hub repo id. One sample
-streams to stdout character by character. Several samples are generated together as one
-batch (a step costs about the same for 1 or 8 sequences) and printed when the batch is done,
-each followed by a line of dashes. The same --seed gives the same text.
+--model takes a folder written by train_gpt2.py or a Hugging Face Hub repo id. Each sample
+streams to stdout character by character, one after another (several are each followed by a
+line of dashes), so Ctrl-C keeps everything printed so far. The same --seed gives the same
+text, and the first of several samples is the text --num-samples 1 gives.
 """
 
 import argparse
 import contextlib
 import sys
 from dataclasses import dataclass, field, fields
+
+import torch
 
 from machine import pick_device
 from model_gpt2 import check_sampling, load_model
@@ -34,7 +36,7 @@ class SampleConfig:
         default=1.0, metadata={"help": "keep the fewest characters whose probability reaches p (1 = all)"}
     )
     seed: int = field(default=1337, metadata={"help": "random seed: the same seed gives the same text"})
-    num_samples: int = field(default=1, metadata={"help": "samples to generate (as one batch when > 1)"})
+    num_samples: int = field(default=1, metadata={"help": "samples to generate, one after another"})
     device: str = field(default="auto", metadata={"help": "auto = cuda > mps > cpu"})
 
 
@@ -63,18 +65,16 @@ def sample(cfg: SampleConfig) -> None:
             f"the prompt has {len(unknown)} character(s) the model never saw: {', '.join(map(repr, unknown))}. "
             f"Remove them; the model knows only these {len(model.tokenizer)}: {model.tokenizer.vocab!r}"
         )
-    sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed)
-    if cfg.num_samples == 1:
+    # one stream of random numbers through all the samples, so the seed fixes every one of them
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator)
+    for _ in range(cfg.num_samples):
         print(prompt, end="", flush=True)
         for ch, _prob in model.stream_text(prompt, cfg.max_new_tokens, **sampling):
             print(ch, end="", flush=True)
         print()
-        return
-    idx = model.encode_prompt(prompt).repeat(cfg.num_samples, 1)  # (num_samples, T)
-    steps = [tok for tok, _prob in model.stream(idx, cfg.max_new_tokens, **sampling)]  # each (num_samples,)
-    for i in range(cfg.num_samples):
-        print(prompt + model.tokenizer.decode([int(tok[i]) for tok in steps]))
-        print("---------------", flush=True)
+        if cfg.num_samples > 1:
+            print("---------------", flush=True)
 
 
 def main(argv=None) -> int:
@@ -84,8 +84,9 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:  # bad flag, missing folder or repo, unknown characters
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print()
+    except KeyboardInterrupt:  # the text printed so far stays: each character was flushed as it came
+        print(flush=True)
+        print("interrupted: the text above is everything generated so far", file=sys.stderr)
         return 130
     return 0
 

@@ -20,7 +20,10 @@ import inspect
 import json
 import math
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 import warnings
 from contextlib import nullcontext, suppress
@@ -30,13 +33,23 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data.prepare import DataError, load_meta, load_split
 from machine import DeviceError, autocast_context, enable_tf32, hardware_name, pick_device, pick_dtype
-from model_gpt2 import GPT, GPTConfig, load_model
+from model_gpt2 import (
+    GPT,
+    DamagedFileError,
+    GPTConfig,
+    ModelTooLargeError,
+    check_fits,
+    damaged_file_error,
+    follow_umask,
+    load_model,
+    readable_safetensors,
+)
 
 ARCH_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
 
@@ -112,6 +125,14 @@ class ConfigError(ValueError):
     """A bad flag, data set or out-dir, found before any work; the message says how to fix it."""
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped training after a whole step, its state saved; the message says how to go on."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
 # ---------------------------------------------------------------------------- command line
 
 
@@ -185,6 +206,9 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
 
 
 def check_config(cfg: TrainConfig, world_size: int) -> None:
+    for f in dataclasses.fields(TrainConfig):  # nan passes every comparison below, and inf breaks the schedule
+        if f.type is float and not math.isfinite(getattr(cfg, f.name)):
+            raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {getattr(cfg, f.name)}")
     positive = ("batch_size", "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval")
     for name in positive:
         if getattr(cfg, name) < 1:
@@ -195,6 +219,8 @@ def check_config(cfg: TrainConfig, world_size: int) -> None:
         )
     if cfg.warmup_iters < 0 or cfg.grad_clip < 0 or cfg.weight_decay < 0:
         raise ConfigError("--warmup-iters, --grad-clip and --weight-decay must be >= 0")
+    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
+        raise ConfigError(f"--beta1 and --beta2 must be in [0, 1), got {cfg.beta1} and {cfg.beta2}")
     if cfg.grad_accum_steps % world_size:
         raise ConfigError(
             f"--grad-accum-steps {cfg.grad_accum_steps} must be a multiple of the number of processes ({world_size}): "
@@ -210,6 +236,18 @@ def check_config(cfg: TrainConfig, world_size: int) -> None:
             ready_to_upload(None)
         except HubError as e:
             raise ConfigError(str(e)) from e
+
+
+def check_memory(gpt_config: GPTConfig, cfg: TrainConfig, device: str) -> None:
+    """Refuse a model that cannot train in this machine's memory, before anything is allocated: the
+    weights, gradients, AdamW state and activations all follow from the flags."""
+    on_cpu = not device.startswith("cuda")
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if on_cpu else 1  # torchrun's CPU processes share RAM
+    fix = "Choose a smaller --n-layer, --n-embd, --block-size or --batch-size (or a --preset)."
+    try:
+        check_fits(gpt_config, device, True, cfg.batch_size, processes, what="this model", fix=fix)
+    except ModelTooLargeError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> None:
@@ -304,6 +342,7 @@ def _durable_replace(src: Path, dst: Path) -> None:
     """Rename src over dst once src's bytes are on disk, then record the rename: after a crash or a
     power cut, dst is the old file or the new one, whole. The rename is atomic in any case; where a
     file system cannot fsync (some network or FUSE mounts), that step is skipped."""
+    follow_umask(src)  # safetensors creates its files 0600; the folder's other files follow the umask
     _fsync(src, os.O_RDWR)  # write access: Windows flushes only a handle opened for writing
     os.replace(src, dst)
     if hasattr(os, "O_DIRECTORY"):  # POSIX: the directory entry too
@@ -382,13 +421,28 @@ def save_resume_state(path: Path, model: GPT, optimizer, scaler, state: dict) ->
 
 def read_resume_meta(path: Path) -> dict:
     """The JSON part of a resume state (step, best val loss, config...) without loading any tensor."""
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["state"])
+    return read_resume_state(path, tensors=False)[0]
 
 
-def read_resume_state(path: Path) -> tuple[dict, dict]:
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["state"]), {k: f.get_tensor(k) for k in f.keys()}
+def read_resume_state(path: Path, tensors: bool = True) -> tuple[dict, dict]:
+    """(the JSON state, the tensors); ConfigError naming the file, what is still good and what to do
+    when it cannot be read (cut short by a full disk, say)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["state"]), ({k: f.get_tensor(k) for k in f.keys()} if tensors else {})
+    except (SafetensorError, KeyError, TypeError, ValueError) as e:  # not safetensors, or no "state" in it
+        raise ConfigError(str(damaged_file_error(path, e, resume_advice(path.parent)))) from None
+
+
+def resume_advice(out_dir: Path) -> str:
+    """What is still good in out_dir when its resume state is damaged, and what to do."""
+    fresh = "Training cannot continue from it: start a new run with another --out-dir."
+    if (out_dir / "model.safetensors").is_file() and readable_safetensors(out_dir / "model.safetensors"):
+        return (
+            f"The best model in {out_dir} (model.safetensors, config.json) is intact: `python sample_gpt2.py --model "
+            f"{out_dir}` and `python hub.py push {out_dir} ORG/NAME` use it. " + fresh
+        )
+    return f"{out_dir} holds no intact model either. " + fresh
 
 
 def restore_resume_state(tensors: dict, meta: dict, model: GPT, optimizer, scaler) -> None:
@@ -518,6 +572,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
     accum = cfg.grad_accum_steps // world  # micro-batches per process per step
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps
 
+    check_memory(gpt_config, cfg, device)
     torch.manual_seed(cfg.seed)  # same initial weights on every process
     model = GPT(gpt_config, vocab=meta["vocab"])
     model.to(device)
@@ -529,6 +584,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
             group["betas"] = (cfg.beta1, cfg.beta2)
         optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # group 1 (biases, LayerNorms): never
         start_step, best_val = resume_meta["step"], resume_meta["best_val_loss"]
+        if not readable_safetensors(out_dir / "model.safetensors"):  # lost or damaged: the next evaluation rewrites it
+            best_val = float("inf")
         if rank:  # only rank 0's dropout RNG was saved; the others restart theirs deterministically
             torch.manual_seed(cfg.seed + 7919 * rank + start_step)
     else:
@@ -612,6 +669,24 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
                 warnings.warn(f"step {step}: evaluation is not finite; resume.safetensors kept as it was", stacklevel=1)
         log.record(rec)
 
+    def stop_at(step, finite, signum):
+        """Save the state at this step (unless its loss was not finite: the last good one stays), then stop."""
+        resume = out_dir / "resume.safetensors"
+        if master:
+            if finite:
+                save_resume_state(resume, raw_model, optimizer, scaler, state(step))
+            plot_losses(out_dir)
+        name = signal.Signals(signum).name
+        if not resume.is_file():  # a non-finite first step: nothing good to save
+            raise Interrupted(f"{name} at step {step}: no good state to save yet; start the run again.", signum)
+        saved = read_resume_meta(resume)["step"] if master else step
+        best = f", the best model so far (val loss {best_val:.4f}) in {out_dir}" if math.isfinite(best_val) else ""
+        raise Interrupted(
+            f"{name} at step {step} of {cfg.max_iters}: the training state at step {saved} is saved in {resume}"
+            f"{best}. Continue with:\n    {resume_command(cfg, world)}",
+            signum,
+        )
+
     def info(step, losses):
         return {
             "step": step, "val_loss": round(losses["val"], 4), "train_loss": round(losses["train"], 4),
@@ -623,6 +698,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
     model.train()
     t0, tokens_since, t_start = time.perf_counter(), 0, time.perf_counter()
     step = start_step
+    signals, restore_signals = catch_stop_signals()
     try:
         while step < cfg.max_iters:
             lr = get_lr(step, cfg)
@@ -660,10 +736,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
                     stacklevel=1,
                 )
                 if bad_steps >= cfg.max_nonfinite_steps:
-                    raise FloatingPointError(
-                        f"{bad_steps} non-finite losses in a row at step {step}: training diverged. The last good model "
-                        f"is intact in {out_dir}; lower --learning-rate or raise --grad-clip protection, then --resume."
-                    )
+                    raise FloatingPointError(divergence_message(out_dir, step, bad_steps))
             step += 1
             log.advance()
             if finite and (step % cfg.log_interval == 0 or step == cfg.max_iters):
@@ -683,8 +756,11 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
                 t_eval = time.perf_counter()
                 evaluate(step)
                 t0 += time.perf_counter() - t_eval  # evaluation time is not training throughput
+            if all_agree(bool(signals), ddp, device) and step < cfg.max_iters:
+                stop_at(step, finite, signals[0] if signals else signal.SIGTERM)
         train_seconds = time.perf_counter() - t_start
     finally:
+        restore_signals()
         log.close()
         if ddp:
             dist.destroy_process_group()
@@ -716,6 +792,60 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
 
             push_model(out_dir, cfg.push_to_hub)
     return summary
+
+
+def divergence_message(out_dir: Path, step: int, bad_steps: int) -> str:
+    """What a diverged run left in out_dir, read from the folder itself, and how to go on."""
+    msg = f"{bad_steps} non-finite losses in a row at step {step}: training diverged. "
+    fix = "lower --learning-rate (or --grad-clip)"
+    resume = out_dir / "resume.safetensors"
+    if not resume.is_file():
+        return msg + (
+            f"No evaluation finished before, so no model was saved in {out_dir}: {fix} and start again "
+            f"with another --out-dir (or after deleting {out_dir})."
+        )
+    saved = read_resume_meta(resume)
+    if (out_dir / "model.safetensors").is_file():
+        msg += f"The best model (val loss {saved['best_val_loss']:.4f}) is intact in {out_dir}. "
+    command = f"python train_gpt2.py --out-dir {out_dir} --resume --learning-rate LR"
+    return msg + f"resume.safetensors holds the last good state (step {saved['step']}): {fix}, then `{command}`."
+
+
+def catch_stop_signals():
+    """While training, SIGINT (Ctrl-C) and SIGTERM (a preempted cloud machine, torchrun's shutdown) do not
+    kill the process mid-update: they ask the loop to stop after the current step. Returns the list of
+    signals received (empty until one comes) and the function that puts the previous handlers back."""
+    received = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return received, lambda: None
+
+    def ask_to_stop(signum, frame):
+        if not received:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step", file=sys.stderr, flush=True)
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return received, lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
+
+
+def all_agree(flag: bool, ddp: bool, device: str) -> bool:
+    """True on every process when it is true on any: all stop at the same step, or none does."""
+    if not ddp:
+        return flag
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t)
+
+
+def resume_command(cfg: TrainConfig, world: int) -> str:
+    """The command that continues this run: --resume takes every setting but where it runs."""
+    launcher = f"torchrun --standalone --nproc_per_node={world} " if world > 1 else "python "
+    flags = [f"--out-dir {shlex.quote(cfg.out_dir)}", "--resume"]
+    flags += [f"--device {cfg.device}"] if cfg.device != "auto" else []
+    flags += ["--compile"] if cfg.compile else []
+    flags += [f"--push-to-hub {cfg.push_to_hub}"] if cfg.push_to_hub else []
+    script = sys.argv[0] if sys.argv[0].endswith("train_gpt2.py") else "train_gpt2.py"
+    return launcher + " ".join([shlex.quote(script), *flags])
 
 
 def clip_and_step(model, optimizer, scaler, grad_clip: float):
@@ -798,15 +928,22 @@ def loss_figure(out_dir: Path):
 
 
 def main(argv=None) -> int:
-    cfg = parse_args(argv)
     try:
+        cfg = parse_args(argv)
         train(cfg)
-    except (ConfigError, DataError, DeviceError) as e:
+    except (ConfigError, DataError, DeviceError, DamagedFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"stopped: {e}", file=sys.stderr)
+        return 128 + e.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+    except KeyboardInterrupt:  # outside the training loop: every file is written whole or not at all
+        print("interrupted before training began or after it ended; each file written is complete", file=sys.stderr)
+        return 130
     except RuntimeError as e:
         if type(e).__name__ != "HubError":
             raise

@@ -83,7 +83,7 @@ def prepare(text: str, out_dir: Path, name: str | None = None) -> dict:
     dtype = np.uint16 if len(vocab) <= 2**16 else np.uint32
     ids = np.fromiter((stoi[ch] for ch in text), dtype=dtype, count=len(text))
     n = split(len(ids))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
     if hashlib.sha256(text.encode()).hexdigest() == SHAKESPEARE_SHA256:
         name = "tiny_shakespeare"
     name = name or "text"
@@ -96,7 +96,7 @@ def prepare(text: str, out_dir: Path, name: str | None = None) -> dict:
         "train_tokens": n,
         "val_tokens": len(ids) - n,
     }
-    for name, part in (("train.bin", ids[:n]), ("val.bin", ids[n:])):
+    for name, part in (("train.bin", ids[:n]), ("val.bin", ids[n:])):  # meta.json's counts check these on load
         tmp = out_dir / (name + ".tmp")
         part.astype(np.dtype(dtype).newbyteorder("<")).tofile(tmp)
         os.replace(tmp, out_dir / name)
@@ -105,20 +105,58 @@ def prepare(text: str, out_dir: Path, name: str | None = None) -> dict:
     return meta
 
 
+def check_writable(out_dir: Path) -> None:
+    """Create out_dir, or say in one line why it cannot be (a file in the way, no permission)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out-dir {out_dir} is a file, not a folder: choose another --out-dir")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"cannot write to --out-dir {out_dir} ({e.strerror}): choose a folder you can write to") from e
+
+
 def load_meta(data_dir: Path) -> dict:
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
         raise DataError(f"no prepared data in {data_dir} (meta.json missing). Run `python data/prepare.py` first.")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        np.dtype(meta["dtype"]), int(meta["vocab_size"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(
+            f"{path} is damaged ({type(e).__name__}: {e}). Run `python data/prepare.py --out-dir {data_dir}` again."
+        ) from None
+    return meta
 
 
 def load_split(data_dir: Path, name: str) -> np.ndarray:
-    """Memory-map train.bin or val.bin of a prepared folder."""
+    """Memory-map train.bin or val.bin of a prepared folder, checking that it belongs with meta.json:
+    the token count meta.json recorded, and no id outside its vocabulary."""
     meta = load_meta(data_dir)
     path = Path(data_dir) / f"{name}.bin"
     if not path.is_file() or path.stat().st_size == 0:
         raise DataError(f"{path} is missing or empty. Run `python data/prepare.py` again.")
-    return np.memmap(path, dtype=np.dtype(meta["dtype"]).newbyteorder("<"), mode="r")
+    again = f"Prepare the folder again from one text: `python data/prepare.py --input TEXT --out-dir {data_dir}`."
+    dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+    size, expected = path.stat().st_size, meta.get(f"{name}_tokens")
+    if size % dtype.itemsize:
+        raise DataError(f"{path} has {size:,} bytes, not a whole number of {meta['dtype']} tokens: it is cut. {again}")
+    if expected is not None and size // dtype.itemsize != expected:
+        raise DataError(
+            f"{path} has {size // dtype.itemsize:,} tokens, but meta.json says {expected:,}: "
+            f"the two come from different texts. {again}"
+        )
+    data = np.memmap(path, dtype=dtype, mode="r")
+    top = int(data.max())
+    if top >= meta["vocab_size"]:
+        raise DataError(
+            f"{path} holds token id {top}, but meta.json's vocabulary has {meta['vocab_size']} characters "
+            f"(ids 0 to {meta['vocab_size'] - 1}): meta.json belongs to another text. {again}"
+        )
+    return data
 
 
 def main(argv=None) -> int:

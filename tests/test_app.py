@@ -5,8 +5,11 @@ The model is the random-weight tiny_model_dir, or APP_TEST_MODEL=DIR (a trained 
 screenshot; SAVE_SCREENSHOT=PATH keeps the browser's screenshot there, e.g. docs/app.png).
 """
 
+import json
 import os
+import shutil
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,12 +47,17 @@ def model(model_dir):
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
+def server_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("app") / "app.log"
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, server_log):
     """`python app.py --model DIR --port P`, as a user runs it; yields its URL once it answers HTTP 200."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     cmd = [sys.executable, "app.py", "--model", str(model_dir), "--port", str(port)]
-    log = tmp_path_factory.mktemp("app") / "app.log"
+    log = server_log
     # import gradio ~5 s + launch ~5 s on a quiet machine
     with server_process(cmd, lambda: httpx.get(url, timeout=5).status_code == 200, log, timeout=120, cwd=ROOT):
         yield url
@@ -124,6 +132,39 @@ def test_out_of_range_values_say_the_valid_range(client, args, message):
         generate(client, *args)
 
 
+def call_http(url: str, data: list) -> tuple[str, str]:
+    """The API over plain HTTP, as curl calls it: (SSE event name of the outcome, its data)."""
+    event_id = httpx.post(f"{url}gradio_api/call/generate", json={"data": data}, timeout=30).json()["event_id"]
+    lines = httpx.get(f"{url}gradio_api/call/generate/{event_id}", timeout=60).text.splitlines()
+    events = [(e.split(": ", 1)[1], d.split(": ", 1)[1]) for e, d in zip(lines, lines[1:]) if e.startswith("event: ")]
+    return events[-1]
+
+
+def test_http_api_missing_inputs_take_the_defaults(server, model):
+    event, data = call_http(server, ["ROMEO:"])  # max tokens 100, temperature 0.7, top N all, top-p 1, seed random
+    assert event == "complete", data
+    assert len(json.loads(data)[0]) == len("ROMEO:") + 100
+    event, data = call_http(server, ["ROMEO:", 30, 0])  # greedy: the text is known
+    assert event == "complete" and json.loads(data)[0] == model.generate_text("ROMEO:", 30, temperature=0)
+
+
+def test_http_api_rejects_booleans_with_one_log_line(server, server_log):
+    before = server_log.read_text()
+    for data, message in [
+        (["ROMEO:", True, 0.7], "max tokens must be an integer from 1 to 2000, got True"),
+        (["ROMEO:", 20, True], "temperature must be a number from 0 to 1 (0 = greedy), got True"),
+    ]:
+        event, got = call_http(server, data)
+        assert event == "error" and message in json.loads(got)["error"], got
+    time.sleep(0.5)
+    new = server_log.read_text()[len(before) :]
+    assert "Traceback" not in new
+    assert [line for line in new.splitlines() if "rejected" in line] == [
+        "rejected a request: max tokens must be an integer from 1 to 2000, got True",
+        "rejected a request: temperature must be a number from 0 to 1 (0 = greedy), got True",
+    ], new
+
+
 def test_unknown_characters_are_left_out(client):
     text, _ = generate(client, "ROMEO: ☃", 30, 0.7, 0)
     assert text.startswith("ROMEO: ") and "☃" not in text
@@ -195,3 +236,19 @@ def test_without_a_model_the_app_says_how_to_get_one(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         app.main([])
     assert "missing" in str(e.value.code)
+
+
+def test_a_model_too_large_or_damaged_is_refused_with_the_reason(tiny_model_dir, tmp_path):
+    from test_failures import cut, huge_model_dir
+
+    huge = huge_model_dir(tiny_model_dir, tmp_path)
+    with pytest.raises(SystemExit) as e:
+        app.main(["--model", str(huge)])
+    assert f"Could not load the model '{huge}': the model '{huge}' (" in str(e.value.code)
+    assert "GB to load (weights, KV cache); this machine has" in str(e.value.code)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_model_dir, damaged)
+    cut(damaged / "model.safetensors")
+    with pytest.raises(SystemExit) as e:
+        app.main(["--model", str(damaged)])
+    assert f"{damaged / 'model.safetensors'} is damaged: it cannot be read as safetensors" in str(e.value.code)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from helpers import ROOT, make_tiny_model
 
 from model_gpt2 import load_model
@@ -48,7 +49,7 @@ def test_same_seed_same_text_as_generate_text(tiny_model_dir):
     assert c != a
 
 
-def test_greedy_and_batched_samples_match_generate_text(tiny_model_dir):
+def test_greedy_and_several_samples_match_the_model(tiny_model_dir):
     model = load_model(tiny_model_dir)
     common = ["--model", tiny_model_dir, "--prompt", "KING:", "--max-new-tokens", 40]
     (rc1, greedy, err1), (rc2, batch, err2) = run_all(
@@ -56,8 +57,14 @@ def test_greedy_and_batched_samples_match_generate_text(tiny_model_dir):
     )
     assert rc1 == 0 and rc2 == 0, err1 + err2
     assert greedy == model.generate_text("KING:", 40, temperature=0) + "\n"
-    expected = model.generate_text("KING:", 40, num_samples=3, temperature=1.0, top_p=0.9, seed=3)
+    generator = torch.Generator().manual_seed(3)  # one stream of random numbers through the samples, in turn
+    expected = [
+        "KING:"
+        + "".join(ch for ch, _ in model.stream_text("KING:", 40, temperature=1.0, top_p=0.9, generator=generator))
+        for _ in range(3)
+    ]
     assert batch == "".join(f"{text}\n{SEP}\n" for text in expected)
+    assert expected[0] == model.generate_text("KING:", 40, temperature=1.0, top_p=0.9, seed=3)  # = --num-samples 1
     assert len(set(expected)) == 3  # three different samples, not one repeated
 
 
