@@ -15,7 +15,9 @@ so a caller keeps one preallocated buffer per cache, passes its first P position
 (no copy, no growing concatenation) and appends each call's present_* at position P.
 """
 
+import logging
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -71,24 +73,30 @@ def export_onnx(model: GPT, out_dir) -> Path:
 
     path = Path(out_dir) / ONNX_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.float().eval().cpu()
-    step = CachedStep(model).eval()
+    step = CachedStep(model.eval()).eval()  # a model as load_model() gives it: fp32 on the CPU
     # example sizes above 1: torch.export specializes dimensions that are 0 or 1 in the example
     ids = torch.zeros((1, 3), dtype=torch.long)
     past = empty_cache(model, 2)
     T, P = torch.export.Dim("new", min=1, max=model.config.block_size), torch.export.Dim("past", min=0)
-    with torch.no_grad():
-        program = torch.onnx.export(
-            step,
-            (ids, past, past.clone()),
-            input_names=["input_ids", "past_key", "past_value"],
-            output_names=["logits", "present_key", "present_value"],
-            dynamic_shapes={"input_ids": {1: T}, "past_key": {0: P}, "past_value": {0: P}},
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed": about ops this model has none of
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations inside the exporter
+            program = torch.onnx.export(
+                step,
+                (ids, past, past.clone()),
+                input_names=["input_ids", "past_key", "past_value"],
+                output_names=["logits", "present_key", "present_value"],
+                dynamic_shapes={"input_ids": {1: T}, "past_key": {0: P}, "past_value": {0: P}},
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        exporter_log.setLevel(level)
     # the exporter may write the weights beside the graph (model.onnx.data); one file is simpler to serve
     onnx.save(program.model_proto, path, save_as_external_data=False)
     return path

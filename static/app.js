@@ -11,6 +11,7 @@ const PAINT_EVERY_MS = 50; // let the browser paint the streamed text ~20 times 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const MODEL_URL = params.get("model") || document.querySelector('meta[name="model-url"]').content;
+const MODEL_NAME = (MODEL_URL.match(/([^/]+\/[^/]+)\/resolve\/[^/]+\/$/) || [null, "from a local folder"])[1]; // ORG/NAME
 
 let model = null; // {session, vocab, stoi, block, layers, heads, headDim}
 window.lastRun = null; // {chars, seconds, firstMs}: read by the benchmark
@@ -38,7 +39,7 @@ function showFacts(c, block) {
     `context ${block} characters · vocabulary ${c.vocab_size} characters`;
   const line2 = document.createElement("div");
   line2.textContent = `Validation loss ${typeof val === "number" ? val.toFixed(3) : "not recorded"} (nats per character) · ` +
-    `${info.tokens_seen ? count(info.tokens_seen) : "not recorded"} tokens trained · model ${MODEL_URL}`;
+    `${info.tokens_seen ? count(info.tokens_seen) : "not recorded"} tokens trained · model ${MODEL_NAME}`;
   $("facts").append(line1, line2);
 }
 
