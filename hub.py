@@ -14,10 +14,10 @@ model repo), static/app.js and a README.md with `sdk: static`: static Spaces are
 deploy (Gradio) uploads app.py, model_gpt2.py, a requirements.txt that installs the CPU build of
 torch, and the Space's README.md, and sets the Space variable GPT_MODEL=ORG/NAME that app.py reads.
 
-The app needs about 1 GB of RAM and 2 vCPUs, which the Space's default `cpu-basic` hardware
-has. Per huggingface_hub's documentation, a Gradio Space on the free `cpu-basic` hardware may
-require a subscription (PRO for users, Team or Enterprise for organizations); paid hardware
-needs billing set up instead. Nothing here changes the files of the local model folder.
+The Gradio app needs about 1 GB of RAM and 2 vCPUs, which the Space's default `cpu-basic` hardware
+has. The Hub's documentation says Gradio and Docker Spaces need a paid plan to create (PRO for
+users, Team or Enterprise for organizations); static Spaces are free for everyone. Only
+export-onnx writes into the local model folder (out/onnx/); push, deploy and preview never do.
 """
 
 import argparse

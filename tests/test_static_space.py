@@ -12,12 +12,13 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, make_tiny_model, require
+from conftest import ROOT, free_port, make_tiny_model, require, stop_process
 
 import hub
 from export_onnx import empty_cache, export_onnx
@@ -133,6 +134,43 @@ def test_export_onnx_command(trained_dir, tmp_path):
         [sys.executable, "hub.py", "export-onnx", str(tmp_path / "nothing")], cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 2 and "does not hold a model that loads" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_preview_static_command_serves_the_page_and_the_model(trained_dir, tmp_path):
+    """`python hub.py preview-static DIR --port P`: the page, app.js and the model's files, with the Space's headers."""
+    import httpx
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("config.json", "model.safetensors"):  # no onnx/ yet: the command exports one for itself
+        (out / name).write_bytes((trained_dir / name).read_bytes())
+    port = free_port()
+    log = tmp_path / "preview.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "hub.py", "preview-static", str(out), "--port", str(port)], cwd=ROOT,
+                                stdout=f, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(600):  # exporting takes seconds to a minute on a busy machine
+            assert proc.poll() is None, log.read_text()
+            if url in log.read_text():
+                break
+            time.sleep(0.5)
+        page = httpx.get(url, timeout=30)
+        assert page.status_code == 200 and '<meta name="model-url" content="model/">' in page.text
+        for key, value in hub.ISOLATION_HEADERS.items():
+            assert page.headers[key] == value  # as the Space sends them: WebAssembly threads
+        assert httpx.get(url + "app.js").content == (ROOT / "static" / "app.js").read_bytes()
+        assert httpx.get(url + "model/config.json").content == (out / "config.json").read_bytes()
+        served = tmp_path / "served.onnx"
+        served.write_bytes(httpx.get(url + "model/onnx/model.onnx", timeout=30).content)
+        model = load_model(out)
+        assert onnx_greedy(session(served), model, PROMPT, 40) == model.generate_text(PROMPT, 40, temperature=0)
+        assert httpx.get(url + "model/model.safetensors").status_code == 404  # only what the page needs
+        assert not (out / "onnx").exists()  # the preview leaves the model folder as it was
+    finally:
+        stop_process(proc)
 
 
 # ---------------------------------------------------------------------------- the page in Chromium
