@@ -374,7 +374,7 @@ def bench_browser(vocab, n=200) -> dict:
     from export_onnx import export_onnx
 
     cpu_arch = {k: PRESETS["cpu"][k] for k in SHAKESPEARE_CHAR}
-    out, threads = {}, sorted({1, min(4, os.cpu_count() or 1)})
+    out, threads = {}, sorted({1, 2, min(4, os.cpu_count() or 1)})
     with sync_playwright() as p, tempfile.TemporaryDirectory() as tmp:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
         page = browser.new_page()

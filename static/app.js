@@ -81,9 +81,10 @@ async function load() {
   });
   $("status").textContent = "Starting the model…";
   ort.env.wasm.wasmPaths = ORT_DIST;
-  // threads need a cross-origin isolated page (the Space's COOP/COEP headers); otherwise one thread
-  const threads = Number(params.get("threads")) || (self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1);
-  ort.env.wasm.numThreads = self.crossOriginIsolated ? threads : 1;
+  // threads need a cross-origin isolated page (the Space's COOP/COEP headers), else one thread. By default ONNX
+  // Runtime takes half the cores (at most 4): on 2 busy cores a second thread made decoding slower (bench.py --browser)
+  if (params.get("threads")) ort.env.wasm.numThreads = Number(params.get("threads"));
+  if (!self.crossOriginIsolated) ort.env.wasm.numThreads = 1;
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
   model = {
     session, vocab, block, stoi: new Map(vocab.map((ch, i) => [ch, i])),
