@@ -5,6 +5,7 @@
     python bench.py --device cuda --json bench.json      # on a GPU; the JSON also goes to a file
     python bench.py --threads 1              # torch.set_num_threads(1) first, to compare with the default
     python bench.py --browser                # also the static Space's page in Chromium (tests/install_test_tools.sh)
+    python bench.py --browser-only           # only that: ~2 minutes
 
 stdout gets one JSON document; the same numbers as a readable table go to stderr.
 MFU = tokens/s x FLOPs per token / the matmul peak measured in the same run (an fp32 2048x2048
@@ -498,9 +499,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--data-dir", default="data", help="folder written by data/prepare.py")
     ap.add_argument("--browser", action="store_true", help="also time the static Space's page in Chromium")
+    ap.add_argument("--browser-only", action="store_true", help="only the static Space's page in Chromium")
     args = ap.parse_args(argv)
-    if args.browser and browser_ready():
+    if (args.browser or args.browser_only) and browser_ready():
         ap.error(f"--browser: {browser_ready()}")
+    if args.browser_only:  # the in-browser section alone: a minute or two instead of ~9
+        browser = bench_browser(load_meta(Path(args.data_dir))["vocab"])
+        print(json.dumps({"load_avg_1min": round(os.getloadavg()[0], 2), "browser": browser}, indent=2))
+        print("\n".join(browser_table(browser)), file=sys.stderr)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
