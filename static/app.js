@@ -32,15 +32,15 @@ function countParams(c, block) {
 function showFacts(c, block) {
   const info = c.train_info || {};
   const val = info.val_loss_full ?? info.val_loss;
-  const params = typeof c.num_params === "number" ? c.num_params : countParams(c, block);
-  $("facts").innerHTML = "";
-  const line1 = document.createElement("div");
-  line1.innerHTML = `<b>${count(params)} parameters</b> · ${c.n_layer} layers · ${c.n_head} heads · ${c.n_embd} dim · ` +
-    `context ${block} characters · vocabulary ${c.vocab_size} characters`;
+  const n = typeof c.num_params === "number" ? c.num_params : countParams(c, block);
+  const line1 = document.createElement("div"), bold = document.createElement("b");
+  bold.textContent = `${count(n)} parameters`; // text, never HTML: config.json is data
+  line1.append(bold, ` · ${c.n_layer} layers · ${c.n_head} heads · ${c.n_embd} dim · ` +
+    `context ${block} characters · vocabulary ${c.vocab_size} characters`);
   const line2 = document.createElement("div");
   line2.textContent = `Validation loss ${typeof val === "number" ? val.toFixed(3) : "not recorded"} (nats per character) · ` +
     `${info.tokens_seen ? count(info.tokens_seen) : "not recorded"} tokens trained · model ${MODEL_NAME}`;
-  $("facts").append(line1, line2);
+  $("facts").replaceChildren(line1, line2);
 }
 
 // ---------------------------------------------------------------------------- loading
