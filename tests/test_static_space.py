@@ -273,3 +273,23 @@ def test_the_page_generates_what_pytorch_generates(preview, trained_dir, tmp_pat
             assert errors == []
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_bench_browser_only_reports_the_page_speed(prepared_data):
+    """`python bench.py --browser-only`, the README's in-browser speed command, runs and reports both shapes."""
+    require(Path(CHROMIUM).is_file() and ORT_LOCAL.is_dir(), "needs chromium and bash tests/install_test_tools.sh")
+    import json
+
+    args = [sys.executable, "bench.py", "--browser-only", "--data-dir", str(prepared_data)]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    browser = json.loads(proc.stdout)["browser"]
+    assert browser["shakespeare-char (10.7M)"]["params"] == 10_770_816 and browser["cpu preset"]["params"] == 818_048
+    for shape in browser.values():
+        assert shape["1_threads"]["threads"] == 1 and shape["2_threads"]["threads"] == 2
+        assert all(run["isolated"] for k, run in shape.items() if k.endswith("_threads"))
+        assert all(
+            run["chars_per_sec"] > 0 and run["first_char_ms"] > 0 for k, run in shape.items() if k.endswith("_threads")
+        )
+    assert "in the browser (Chromium, WASM)" in proc.stderr
