@@ -208,6 +208,14 @@ def preview(trained_dir, onnx_file):
     server.server_close()
 
 
+# records every text the page's status line shows (the download progress is gone by the time the model is ready)
+STATUS_LOG = """window.statusLog = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const status = document.getElementById("status");
+  new MutationObserver(() => window.statusLog.push(status.textContent)).observe(status, {childList: true});
+});"""
+
+
 def generate(page, prompt, max_tokens, temperature, top_n):
     page.locator("#prompt").fill(prompt)
     page.locator("#max_tokens").fill(str(max_tokens))
@@ -234,8 +242,12 @@ def test_the_page_generates_what_pytorch_generates(preview, trained_dir, tmp_pat
             route_cdn_to_local_copy(page)
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.add_init_script(STATUS_LOG)
             page.goto(preview)
             page.wait_for_selector("#generate:enabled", timeout=120_000)  # the model has loaded
+            shown = page.evaluate("window.statusLog")  # the loading messages, in order
+            assert any(re.fullmatch(r"Downloading the model: [\d.]+ of [\d.]+ MB \(\d+%\)", t) for t in shown), shown
+            assert shown[-1].startswith("Ready: loaded in"), shown
             assert page.evaluate("self.crossOriginIsolated"), "the preview must send COOP/COEP, as the Space does"
             facts = page.locator("#facts").text_content()
             info = model.train_info
