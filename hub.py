@@ -41,11 +41,8 @@ from model_gpt2 import GPT, REPO_ID, GPTConfig, load_model
 ROOT = Path(__file__).resolve().parent
 MODEL_FILES = ("config.json", "model.safetensors", "metrics.jsonl", "loss.png")  # + README.md, rendered
 SPACE_FILES = ("app.py", "model_gpt2.py")  # + requirements.txt and README.md, generated
-TRAINING_ONLY = (
-    "matplotlib",
-    "onnx",
-    "onnxscript",
-)  # training and exporting only: left out of the Space's requirements
+# training and exporting only: left out of the Space's requirements
+TRAINING_ONLY = ("matplotlib", "onnx", "onnxscript")
 STATIC_DIR = ROOT / "static"
 STATIC_FILES = ("index.html", "app.js")  # the static Space's page; index.html gets the model's URL
 MODEL_URL_TAG = '<meta name="model-url" content="model/">'
@@ -337,7 +334,11 @@ def onnx_for_preview(out_dir, tmp) -> Path:
 
 def preview_static(out_dir, host: str = "127.0.0.1", port: int = 8000) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server = preview_server(out_dir, onnx_for_preview(out_dir, tmp), host, port)
+        onnx_file = onnx_for_preview(out_dir, tmp)
+        try:
+            server = preview_server(out_dir, onnx_file, host, port)
+        except OSError as e:  # address in use, or not an address of this machine
+            raise HubError(f"cannot listen on {host}:{port} ({e.strerror}): pass another --port or --host") from e
         print(f"the static Space's page with {out_dir}: http://{host}:{server.server_port}/  (Ctrl+C stops it)")
         try:
             server.serve_forever()
