@@ -2,18 +2,23 @@
 
     hf auth login                                            # once: a token with write access
     python hub.py push out ORG/NAME [--private]              # the model in out/ -> huggingface.co/ORG/NAME
+    python hub.py deploy ORG/SPACE --model ORG/NAME --static  # a free static Space: the model runs in the browser
     python hub.py deploy ORG/SPACE --model ORG/NAME [--private]   # a Gradio Space serving that model
     python hub.py convert out                                # a folder of an older layout -> transformers' layout
+    python hub.py preview-static out [--port 8000]           # the static Space's page, locally, with out/
+    python hub.py export-onnx out                            # writes out/onnx/model.onnx
 
-push uploads config.json, model.safetensors, the tokenizer files, metrics.jsonl, loss.png and a fresh model card
-(README.md, with a sample); never resume.safetensors (the optimizer state is for training only).
-deploy uploads app.py, model_gpt2.py, a requirements.txt that installs the CPU build of torch,
-and the Space's README.md, and sets the Space variable GPT_MODEL=ORG/NAME that app.py reads.
+push uploads config.json, model.safetensors, the tokenizer files, onnx/model.onnx (exported on
+the way), metrics.jsonl, loss.png and a fresh model card (README.md, with a sample); never
+resume.safetensors (the optimizer state is for training only). deploy --static uploads static/index.html (pointed at the
+model repo), static/app.js and a README.md with `sdk: static`: static Spaces are free for everyone.
+deploy (Gradio) uploads app.py, model_gpt2.py, a requirements.txt that installs the CPU build of
+torch, and the Space's README.md, and sets the Space variable GPT_MODEL=ORG/NAME that app.py reads.
 
-The app needs about 1 GB of RAM and 2 vCPUs, which the Space's default `cpu-basic` hardware
-has. Per huggingface_hub's documentation, a Gradio Space on the free `cpu-basic` hardware may
-require a subscription (PRO for users, Team or Enterprise for organizations); paid hardware
-needs billing set up instead. Nothing here changes the files of the local model folder.
+The Gradio app needs about 1 GB of RAM and 2 vCPUs, which the Space's default `cpu-basic` hardware
+has. The Hub's documentation says Gradio and Docker Spaces need a paid plan to create (PRO for
+users, Team or Enterprise for organizations); static Spaces are free for everyone. Only
+export-onnx writes into the local model folder (out/onnx/); push, deploy and preview never do.
 """
 
 import argparse
@@ -26,12 +31,13 @@ import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
 
-from model_gpt2 import REPO_ID, load_model
+from model_gpt2 import GPT, REPO_ID, load_model
 
 ROOT = Path(__file__).resolve().parent
 MODEL_FILES = (
@@ -44,7 +50,18 @@ MODEL_FILES = (
 )
 # + README.md, rendered
 SPACE_FILES = ("app.py", "model_gpt2.py")  # + requirements.txt and README.md, generated
-TRAINING_ONLY = ("matplotlib",)  # left out of the Space's requirements
+# training and exporting only: left out of the Space's requirements
+TRAINING_ONLY = ("matplotlib", "onnx", "onnxscript")
+STATIC_DIR = ROOT / "static"
+STATIC_FILES = ("index.html", "app.js")  # the static Space's page; index.html gets the model's URL
+MODEL_URL_TAG = '<meta name="model-url" content="model/">'
+# a static Space sends these when its README asks (custom_headers): the page is then cross-origin
+# isolated, which WebAssembly threads need (SharedArrayBuffer)
+ISOLATION_HEADERS = {
+    "cross-origin-embedder-policy": "require-corp",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "cross-origin",
+}
 CPU_TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
 TINY_SHAKESPEARE_VOCAB = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -247,6 +264,7 @@ def push_model(out_dir, repo_id: str, token: str | None = None, private: bool = 
         names = [name for name in MODEL_FILES if (out_dir / name).is_file()]
         for name in names:
             shutil.copy2(out_dir / name, staging / name)
+        names.append(export_onnx_checked(model, staging).relative_to(staging).as_posix())  # for the static Space
         card = render_model_card(config, out_dir, sample=sample, repo_id=repo_id)
         (staging / "README.md").write_text(card, encoding="utf-8")
         val = (config.get("train_info") or {}).get("val_loss_full")
@@ -258,6 +276,146 @@ def push_model(out_dir, repo_id: str, token: str | None = None, private: bool = 
             )  # fmt: skip
     url = f"{constants.ENDPOINT}/{repo_id}"
     print(f"pushed {', '.join(names + ['README.md'])} from {out_dir} to {url}")
+    return url
+
+
+# ---------------------------------------------------------------------------- ONNX and the static page
+
+
+def export_onnx_checked(model: GPT, out_dir) -> Path:
+    """export_onnx.export_onnx, with a HubError when the exporter's packages are missing."""
+    try:
+        from export_onnx import export_onnx
+    except ImportError as e:  # onnx / onnxscript
+        raise HubError(f"exporting to ONNX needs onnx and onnxscript ({e}): pip install -r requirements.txt") from e
+    return export_onnx(model, out_dir)
+
+
+def load_for_export(out_dir) -> GPT:
+    try:
+        return load_model(out_dir)
+    except (ValueError, OSError) as e:
+        raise HubError(f"{out_dir} does not hold a model that loads: {e}") from e
+
+
+def static_page(model_url: str) -> str:
+    """static/index.html with the page pointed at the folder (or Hub repo URL) that holds the model's files."""
+    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    if MODEL_URL_TAG not in page:
+        raise HubError(
+            f"{STATIC_DIR / 'index.html'} lost its line {MODEL_URL_TAG}: the page reads the model's URL there"
+        )
+    return page.replace(MODEL_URL_TAG, f'<meta name="model-url" content="{model_url}">')
+
+
+def preview_server(out_dir, onnx_file, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+    """The static Space as a visitor gets it, served from here: the page, and the model's files under model/.
+
+    Sends the same cross-origin isolation headers the Space sends. Call serve_forever() on it."""
+    out_dir, files = Path(out_dir), {"/app.js": STATIC_DIR / "app.js"}
+    files.update({"/model/config.json": out_dir / "config.json", "/model/onnx/model.onnx": Path(onnx_file)})
+    page = static_page("model/").encode()
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            if path in ("/", "/index.html"):
+                body, kind = page, "text/html; charset=utf-8"
+            elif path in files:
+                body = files[path].read_bytes()
+                kind = "text/javascript" if path.endswith(".js") else "application/octet-stream"
+            else:
+                return self.send_error(404)
+            self.send_response(200)
+            for key, value in {**ISOLATION_HEADERS, "content-type": kind, "cache-control": "no-store"}.items():
+                self.send_header(key, value)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # quiet: one line per file would bury the URL
+            pass
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def onnx_for_preview(out_dir, tmp) -> Path:
+    """out_dir/onnx/model.onnx when it is newer than the weights; else a fresh export into tmp."""
+    out_dir = Path(out_dir)
+    model = load_for_export(out_dir)  # also checks that the folder holds a model
+    onnx_file = out_dir / "onnx" / "model.onnx"
+    if onnx_file.is_file() and onnx_file.stat().st_mtime >= (out_dir / "model.safetensors").stat().st_mtime:
+        return onnx_file
+    print(f"exporting {out_dir} to ONNX for the preview (python hub.py export-onnx {out_dir} keeps it)")
+    return export_onnx_checked(model, tmp)
+
+
+def preview_static(out_dir, host: str = "127.0.0.1", port: int = 8000) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_file = onnx_for_preview(out_dir, tmp)
+        try:
+            server = preview_server(out_dir, onnx_file, host, port)
+        except OSError as e:  # address in use, or not an address of this machine
+            raise HubError(f"cannot listen on {host}:{port} ({e.strerror}): pass another --port or --host") from e
+        print(f"the static Space's page with {out_dir}: http://{host}:{server.server_port}/  (Ctrl+C stops it)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+
+
+def render_static_space_readme(space_id: str, model_repo: str) -> str:
+    title = space_id.split("/")[1]
+    headers = "\n".join(f"  {k}: {v}" for k, v in ISOLATION_HEADERS.items())
+    return f"""---
+title: {json.dumps(title)}
+emoji: 🎭
+colorFrom: indigo
+colorTo: gray
+sdk: static
+app_file: index.html
+models:
+- {model_repo}
+license: mit
+short_description: A character-level GPT-2 running in your browser
+custom_headers:
+{headers}
+---
+# {title}
+
+Streams text from [{model_repo}](https://huggingface.co/{model_repo}), a character-level GPT-2 trained from
+scratch, computed in the visitor's own browser by ONNX Runtime Web (WebAssembly): the page downloads the model's
+`config.json` and `onnx/model.onnx` once, then no server is involved. A static Space is free, and any number of
+visitors can use it at once. The `custom_headers` above make the page cross-origin isolated, so ONNX Runtime
+can use several threads.
+"""
+
+
+def deploy_static_space(space_id: str, model_repo: str, token: str | None = None, api=None, private=False) -> str:
+    """Create or update the static Space space_id whose page runs model_repo in the browser; return its URL."""
+    check_repo_id(space_id, "Space id")
+    check_repo_id(model_repo, "model repo id")
+    missing = [name for name in STATIC_FILES if not (STATIC_DIR / name).is_file()]
+    if missing:
+        raise HubError(f"{' and '.join(missing)} not found in {STATIC_DIR}: the static Space is built from these files")
+    page = static_page(f"{constants.ENDPOINT}/{model_repo}/resolve/main/")
+    token = ready_to_upload(token)
+    api = api or HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp)
+        (staging / "index.html").write_text(page, encoding="utf-8")
+        shutil.copy2(STATIC_DIR / "app.js", staging / "app.js")
+        (staging / "README.md").write_text(render_static_space_readme(space_id, model_repo), encoding="utf-8")
+        with hub_errors(space_id):
+            api.create_repo(space_id, repo_type="space", space_sdk="static", exist_ok=True, private=private)
+            api.upload_folder(
+                repo_id=space_id, folder_path=staging, repo_type="space",
+                commit_message=f"Deploy the in-browser page for {model_repo}",
+            )  # fmt: skip
+    url = f"{constants.ENDPOINT}/spaces/{space_id}"
+    print(f"deployed the static page for {model_repo} to {url} (it needs {model_repo}/onnx/model.onnx: hub.py push)")
     return url
 
 
@@ -382,14 +540,30 @@ def main(argv=None) -> int:
     deploy.add_argument("--private", action="store_true", help="create the Space as private")
     convert = sub.add_parser("convert", help="rewrite a model folder of an older layout for transformers, in place")
     convert.add_argument("out_dir", help="folder written by an older train_gpt2.py")
+    deploy.add_argument(
+        "--static", action="store_true", help="a static Space (free): the model runs in the visitor's browser"
+    )
+    preview = sub.add_parser("preview-static", help="serve the static Space's page with a local model folder")
+    preview.add_argument("out_dir", help="folder written by train_gpt2.py --out-dir")
+    preview.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    preview.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    export = sub.add_parser("export-onnx", help="write OUT_DIR/onnx/model.onnx (for the static Space)")
+    export.add_argument("out_dir", help="folder written by train_gpt2.py --out-dir")
     args = ap.parse_args(argv)
     try:
         if args.command == "push":
             push_model(args.out_dir, args.repo_id, private=args.private)
         elif args.command == "convert":
             convert_folder(args.out_dir)
-        else:
+        elif args.command == "deploy" and args.static:
+            deploy_static_space(args.space_id, args.model, private=args.private)
+        elif args.command == "deploy":
             deploy_space(args.space_id, args.model, private=args.private)
+        elif args.command == "preview-static":
+            preview_static(args.out_dir, args.host, args.port)
+        else:
+            path = export_onnx_checked(load_for_export(args.out_dir), args.out_dir)
+            print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     except HubError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

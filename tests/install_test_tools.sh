@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Tools the tests drive besides Python packages: Debian's Chromium (the browser test, through
-# Playwright, which does not download a browser of its own) and olah (a real Hub-compatible server
-# on loopback, in its own venv because it pins psutil<6 against ipython's >=7).
+# Tools the tests drive besides Python packages: Debian's Chromium (the browser tests, through
+# Playwright, which does not download a browser of its own), olah (a real Hub-compatible server
+# on loopback, in its own venv because it pins psutil<6 against ipython's >=7) and ONNX Runtime Web
+# from npm (the static page's engine; the test answers the page's CDN URL from this copy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1; then
@@ -13,4 +14,13 @@ if [ ! -x .venv-olah/bin/olah-cli ]; then
   python3 -m venv .venv-olah
   .venv-olah/bin/pip install -q olah==0.5.4
 fi
-echo "chromium: $(command -v chromium); olah: .venv-olah/bin/olah-cli"
+ORT_WEB=onnxruntime-web@1.30.0  # the version static/index.html loads from jsDelivr
+if ! grep -qs '"version": "1.30.0"' .npm-test/node_modules/onnxruntime-web/package.json; then
+  if ! command -v npm >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  npm install --prefix .npm-test --no-save --no-audit --no-fund --ignore-scripts -q "$ORT_WEB"
+fi
+echo "chromium: $(command -v chromium); olah: .venv-olah/bin/olah-cli; $ORT_WEB: .npm-test/"

@@ -40,7 +40,8 @@ def front_matter(text: str) -> dict:
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    """Every file under folder, by its path relative to it (onnx/model.onnx)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 class RecordingApi:
@@ -170,6 +171,7 @@ def hub_download(tmp_path_factory, trained_out):
     pushed = work / "pushed"
     pushed.mkdir()
     for name, data in api.sent.items():
+        (pushed / name).parent.mkdir(parents=True, exist_ok=True)
         (pushed / name).write_bytes(data)
     with olah_server(cli, work, {REPO: sorted(pushed.iterdir())}) as endpoint:
         # in a subprocess: huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE and HF_HUB_CACHE at import
@@ -229,9 +231,10 @@ def test_push_sends_exactly_the_model_files_and_a_fresh_card(trained_out, online
         "metrics.jsonl",
         "loss.png",
     }
-    assert set(api.sent) == sent_files | {"README.md"}
+    assert set(api.sent) == sent_files | {"README.md", "onnx/model.onnx"}
     for name in sent_files:
         assert api.sent[name] == before[name], name
+    assert_onnx_is_the_model(api.sent["onnx/model.onnx"], load_model(trained_out))
     card = api.sent["README.md"].decode()
     meta = front_matter(card)
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
@@ -246,6 +249,19 @@ def test_push_sends_exactly_the_model_files_and_a_fresh_card(trained_out, online
     assert "![loss curve](loss.png)" in card
     assert load_model(trained_out).generate_text("\n", 300, temperature=0.8, seed=0) in card
     assert files_of(trained_out) == before  # resume.safetensors and the local README untouched
+
+
+def assert_onnx_is_the_model(onnx_bytes: bytes, model):
+    """The ONNX file computes the model's logits (onnxruntime), for a whole context at once."""
+    import onnxruntime
+
+    sess = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    idx = torch.arange(model.config.block_size).unsqueeze(0) % model.config.vocab_size
+    c = model.config
+    empty = torch.zeros(0, c.n_layer, c.n_head, c.n_embd // c.n_head).numpy()
+    logits = sess.run(["logits"], {"input_ids": idx.numpy(), "past_key": empty, "past_value": empty})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(logits), model(idx)[0], atol=1e-4, rtol=0)
 
 
 def test_push_without_token_fails_before_sending(trained_out, online, monkeypatch, tmp_path):
@@ -321,8 +337,11 @@ def test_deploy_sends_the_app_cpu_requirements_and_space_card(space_root, online
     reqs = api.sent["requirements.txt"].decode().splitlines()
     assert reqs[0] == "--extra-index-url https://download.pytorch.org/whl/cpu"
     assert any(line.startswith("torch==") for line in reqs) and not any("matplotlib" in line for line in reqs)
+    assert not any(line.startswith(("onnx==", "onnxscript==")) for line in reqs)  # exporting happens at push
     runtime = [
-        line for line in repo_reqs.splitlines() if line and not line.startswith("#") and "matplotlib" not in line
+        line
+        for line in repo_reqs.splitlines()
+        if line and not line.startswith("#") and re.split(r"[=<>]", line)[0] not in hub.TRAINING_ONLY
     ]
     assert reqs[1:] == runtime
 
@@ -332,6 +351,42 @@ def test_deploy_sends_the_app_cpu_requirements_and_space_card(space_root, online
     assert meta["sdk"] == "gradio" and meta["sdk_version"] == pinned and meta["app_file"] == "app.py"
     assert meta["models"] == [REPO] and meta["python_version"] == "3.11" and meta["license"] == "mit"
     assert meta["title"] and meta["emoji"] and len(meta["short_description"]) <= 60
+
+
+def test_deploy_static_sends_the_page_pointed_at_the_model(online):
+    api = RecordingApi()
+    url = hub.deploy_static_space(SPACE, REPO, token="hf_test", api=api)
+    assert url.endswith("/spaces/" + SPACE)
+    assert [c[0] for c in api.calls] == ["create_repo", "upload_folder"]  # no Space variable: nothing runs there
+    assert api.calls[0][1] == (SPACE,)
+    assert api.calls[0][2] == {"repo_type": "space", "space_sdk": "static", "exist_ok": True, "private": False}
+    assert api.calls[1][2]["repo_id"] == SPACE and api.calls[1][2]["repo_type"] == "space"
+    assert set(api.sent) == {"index.html", "app.js", "README.md"}
+    assert api.sent["app.js"] == (ROOT / "static" / "app.js").read_bytes()
+    page = api.sent["index.html"].decode()
+    model_url = f"{constants.ENDPOINT}/{REPO}/resolve/main/"
+    assert f'<meta name="model-url" content="{model_url}">' in page  # the page loads the pushed model's files
+    assert page == (ROOT / "static" / "index.html").read_text().replace('content="model/"', f'content="{model_url}"')
+    meta = front_matter(api.sent["README.md"].decode())
+    assert meta["sdk"] == "static" and meta["app_file"] == "index.html" and meta["models"] == [REPO]
+    assert meta["custom_headers"] == {
+        "cross-origin-embedder-policy": "require-corp",
+        "cross-origin-opener-policy": "same-origin",
+        "cross-origin-resource-policy": "cross-origin",
+    }  # cross-origin isolation: WebAssembly threads
+    assert meta["license"] == "mit" and meta["title"] and len(meta["short_description"]) <= 60
+
+
+def test_deploy_static_checks_ids_and_token_before_sending(online, monkeypatch, tmp_path):
+    api = RecordingApi()
+    with pytest.raises(HubError, match="model repo id must look like ORG/NAME"):
+        hub.deploy_static_space(SPACE, "no-slash", token="hf_test", api=api)
+    with pytest.raises(HubError, match=rf"refused to write to {SPACE} \(HTTP 403\)"):
+        hub.deploy_static_space(SPACE, REPO, token="hf_test", api=RecordingApi(http_error(403)))
+    monkeypatch.setattr(hub, "STATIC_DIR", tmp_path)  # a checkout without the page
+    with pytest.raises(HubError, match="index.html and app.js not found"):
+        hub.deploy_static_space(SPACE, REPO, token="hf_test", api=api)
+    assert api.calls == []
 
 
 @pytest.mark.parametrize(
@@ -366,6 +421,8 @@ def test_deploy_without_app_py_says_so(monkeypatch, tmp_path, online):
     [
         (["push", "{out}", REPO], {"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_test"}, "offline mode is on"),
         (["deploy", SPACE, "--model", REPO], {"HF_HUB_OFFLINE": "0"}, "no Hugging Face token: run `hf auth login`"),
+        (["deploy", SPACE, "--model", REPO, "--static"], {"HF_HUB_OFFLINE": "0"}, "no Hugging Face token"),
+        (["preview-static", "no-such-dir"], {}, "does not hold a model that loads"),
         (["push", "no-such-dir", REPO], {}, "does not hold a model that loads"),
         (["push", "{out}", "not-a-repo-id"], {}, "must look like ORG/NAME"),
     ],

@@ -1,0 +1,252 @@
+// The static Space's page: loads config.json and onnx/model.onnx from the model's files, then
+// generates one character per ONNX Runtime Web call, with the same rules as app.py and
+// model_gpt2.GPT.stream (KV cache, sliding window past the context, sampling).
+"use strict";
+
+const ORT_DIST = "https://cdn.jsdelivr.net/npm/onnxruntime-web@1.30.0/dist/";
+const MAX_TOKENS = 2000;
+const MAX_PROMPT = 10000; // characters kept of a longer prompt, as in app.py
+const PAINT_EVERY_MS = 50; // let the browser paint the streamed text ~20 times a second
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const MODEL_URL = params.get("model") || document.querySelector('meta[name="model-url"]').content;
+const MODEL_NAME = (MODEL_URL.match(/([^/]+\/[^/]+)\/resolve\/[^/]+\/$/) || [null, "from a local folder"])[1]; // ORG/NAME
+
+let model = null; // {session, vocab, stoi, block, layers, heads, headDim}
+window.lastRun = null; // {chars, seconds, firstMs}: read by the benchmark
+
+// ---------------------------------------------------------------------------- the model's facts
+
+function count(n) {
+  return n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n.toLocaleString("en-US");
+}
+
+// Parameters of a GPT-2 with tied embeddings (model.num_params()), when config.json does not say.
+function countParams(c, block) {
+  const C = c.n_embd, b = c.bias === false ? 0 : 1;
+  const perLayer = 2 * C * (1 + b) + (3 * C * C + 3 * C * b) + (C * C + C * b) + (4 * C * C + 4 * C * b) + (4 * C * C + C * b);
+  return c.vocab_size * C + block * C + c.n_layer * perLayer + C * (1 + b);
+}
+
+function showFacts(c, block) {
+  const info = c.train_info || {};
+  const val = info.val_loss_full ?? info.val_loss;
+  const n = typeof c.num_params === "number" ? c.num_params : countParams(c, block);
+  const line1 = document.createElement("div"), bold = document.createElement("b");
+  bold.textContent = `${count(n)} parameters`; // text, never HTML: config.json is data
+  line1.append(bold, ` · ${c.n_layer} layers · ${c.n_head} heads · ${c.n_embd} dim · ` +
+    `context ${block} characters · vocabulary ${c.vocab_size} characters`);
+  const line2 = document.createElement("div");
+  line2.textContent = `Validation loss ${typeof val === "number" ? val.toFixed(3) : "not recorded"} (nats per character) · ` +
+    `${info.tokens_seen ? count(info.tokens_seen) : "not recorded"} tokens trained · model ${MODEL_NAME}`;
+  $("facts").replaceChildren(line1, line2);
+}
+
+// ---------------------------------------------------------------------------- loading
+
+async function fetchWithProgress(url, onProgress) {
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`${url} answered HTTP ${res.status}`);
+  const total = Number(res.headers.get("content-length")) || 0;
+  const reader = res.body.getReader();
+  const chunks = [];
+  let got = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    got += value.length;
+    onProgress(got, total);
+  }
+  const bytes = new Uint8Array(got);
+  let at = 0;
+  for (const c of chunks) { bytes.set(c, at); at += c.length; }
+  return bytes;
+}
+
+async function load() {
+  const t0 = performance.now();
+  const res = await fetch(MODEL_URL + "config.json");
+  if (!res.ok) throw new Error(`${MODEL_URL}config.json answered HTTP ${res.status}`);
+  const c = await res.json();
+  const block = c.n_positions ?? c.block_size; // transformers' name, else ours
+  if (typeof c.vocab !== "string" || !block) throw new Error("config.json lacks the vocabulary or the context length");
+  showFacts(c, block);
+  const vocab = Array.from(c.vocab);
+  const bytes = await fetchWithProgress(MODEL_URL + "onnx/model.onnx", (got, total) => {
+    $("status").textContent = `Downloading the model: ${(got / 1e6).toFixed(1)}` +
+      (total ? ` of ${(total / 1e6).toFixed(1)} MB (${Math.round((100 * got) / total)}%)` : " MB");
+    if (total) $("progress").value = got / total;
+  });
+  $("status").textContent = "Starting the model…";
+  ort.env.wasm.wasmPaths = ORT_DIST;
+  // threads need a cross-origin isolated page (the Space's COOP/COEP headers), else one thread. By default ONNX
+  // Runtime takes half the cores (at most 4): on 2 busy cores a second thread made decoding slower (bench.py --browser)
+  if (params.get("threads")) ort.env.wasm.numThreads = Number(params.get("threads"));
+  if (!self.crossOriginIsolated) ort.env.wasm.numThreads = 1;
+  const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+  model = {
+    session, vocab, block, stoi: new Map(vocab.map((ch, i) => [ch, i])),
+    layers: c.n_layer, heads: c.n_head, headDim: c.n_embd / c.n_head,
+  };
+  $("progress").hidden = true;
+  $("status").textContent = `Ready: loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s, ` +
+    `${ort.env.wasm.numThreads} thread${ort.env.wasm.numThreads > 1 ? "s" : ""}.`;
+  $("generate").disabled = false;
+}
+
+// ---------------------------------------------------------------------------- generation
+
+// One preallocated cache per run: positions first, so the first P positions are a prefix of the buffer.
+function newCache(m) {
+  const stride = m.layers * m.heads * m.headDim;
+  return { stride, P: 0, key: new Float32Array(m.block * stride), value: new Float32Array(m.block * stride) };
+}
+
+// Feed `ids` after the cached positions; return the logits after the last one.
+async function step(m, cache, ids) {
+  const dims = [cache.P, m.layers, m.heads, m.headDim];
+  const n = cache.P * cache.stride;
+  const out = await m.session.run({
+    input_ids: new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [1, ids.length]),
+    past_key: new ort.Tensor("float32", cache.key.subarray(0, n), dims),
+    past_value: new ort.Tensor("float32", cache.value.subarray(0, n), dims),
+  });
+  cache.key.set(out.present_key.data, n);
+  cache.value.set(out.present_value.data, n);
+  cache.P += ids.length;
+  const V = m.vocab.length;
+  return out.logits.data.subarray((ids.length - 1) * V, ids.length * V);
+}
+
+function argmax(x) {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i; // the first of equal maxima, as torch
+  return best;
+}
+
+// model_gpt2.sample_next_token: temperature 0 = argmax; top N keeps the N likeliest (N <= 0 = all).
+function sample(logits, temperature, topN) {
+  if (temperature === 0) return argmax(logits);
+  let z = Array.from(logits, (x) => x / temperature);
+  if (topN > 0 && topN < z.length) {
+    const kept = new Set([...z.keys()].sort((a, b) => z[b] - z[a] || a - b).slice(0, topN));
+    z = z.map((x, i) => (kept.has(i) ? x : -Infinity));
+  }
+  const top = Math.max(...z);
+  const p = z.map((x) => Math.exp(x - top));
+  let r = Math.random() * p.reduce((a, b) => a + b, 0);
+  for (let i = 0; i < p.length; i++) if ((r -= p[i]) < 0 && p[i] > 0) return i;
+  return argmax(z);
+}
+
+// GPT.stream: prefill the window once, then one position per character; when the window would pass
+// the context, keep its last block - block/4 characters and prefill them again.
+async function* stream(m, ids, n, temperature, topN) {
+  const shift = Math.max(1, Math.floor(m.block / 4));
+  let context = ids.slice(-m.block); // what the model sees: at most block characters
+  let cache = newCache(m);
+  let logits = await step(m, cache, context);
+  for (let i = 0; i < n; i++) {
+    const next = sample(logits, temperature, topN);
+    yield m.vocab[next];
+    if (i === n - 1) break;
+    context.push(next);
+    if (context.length > m.block) {
+      context = context.slice(-(m.block - shift));
+      cache = newCache(m);
+      logits = await step(m, cache, context);
+    } else {
+      logits = await step(m, cache, [next]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------- the form
+
+function readSettings() {
+  const raw = (id) => $(id).value.trim();
+  const maxTokens = Number(raw("max_tokens"));
+  if (raw("max_tokens") === "" || !Number.isInteger(maxTokens) || maxTokens < 1 || maxTokens > MAX_TOKENS)
+    throw new Error(`max tokens must be an integer from 1 to ${MAX_TOKENS}, got '${raw("max_tokens")}'`);
+  const temperature = Number(raw("temperature"));
+  if (raw("temperature") === "" || !Number.isFinite(temperature) || temperature < 0 || temperature > 1)
+    throw new Error(`temperature must be a number from 0 to 1 (0 = greedy), got '${raw("temperature")}'`);
+  const topN = raw("top_n") === "" ? 0 : Number(raw("top_n"));
+  if (!Number.isInteger(topN)) throw new Error(`top N must be an integer or empty, got '${raw("top_n")}'`);
+  return { maxTokens, temperature, topN };
+}
+
+function show(id, text) {
+  $(id).textContent = text;
+  $(id).hidden = !text;
+}
+
+async function generate() {
+  show("error", "");
+  show("note", "");
+  let settings;
+  try {
+    settings = readSettings();
+  } catch (e) {
+    show("error", e.message);
+    return;
+  }
+  const m = model;
+  let chars = Array.from($("prompt").value || " "); // characters, not UTF-16 units, as Python counts them
+  const notes = [];
+  if (chars.length > MAX_PROMPT) {
+    notes.push(`The prompt has ${chars.length.toLocaleString("en-US")} characters: only its last ` +
+      `${MAX_PROMPT.toLocaleString("en-US")} are kept (the model reads the last ${m.block}).`);
+    chars = chars.slice(-MAX_PROMPT);
+  }
+  const unknown = [...new Set(chars.filter((ch) => !m.stoi.has(ch)))];
+  if (unknown.length) notes.push(`Not in the model's vocabulary, left out: ${unknown.map((ch) => JSON.stringify(ch)).join(" ")}`);
+  show("note", notes.join(" "));
+  let text = chars.filter((ch) => m.stoi.has(ch)).join("");
+  if (!text) text = m.stoi.has(" ") ? " " : m.vocab[0]; // what the model sees instead of nothing
+
+  $("generate").disabled = true;
+  $("output").textContent = text;
+  $("stats").textContent = "";
+  const t0 = performance.now();
+  let firstMs = null, made = 0, painted = t0;
+  try {
+    for await (const ch of stream(m, Array.from(text, (c) => m.stoi.get(c)), settings.maxTokens, settings.temperature, settings.topN)) {
+      text += ch;
+      made += 1;
+      if (firstMs === null) firstMs = performance.now() - t0;
+      if (performance.now() - painted >= PAINT_EVERY_MS) {
+        $("output").textContent = text;
+        await new Promise((r) => setTimeout(r, 0)); // give the browser a frame to show it
+        painted = performance.now();
+      }
+    }
+  } catch (e) {
+    show("error", `Generation failed: ${e.message}`);
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  $("output").textContent = text;
+  window.lastRun = { chars: made, seconds, firstMs };
+  $("stats").textContent = `${made} characters in ${seconds.toFixed(2)} s (${Math.round(made / seconds)} characters/s); ` +
+    `first character after ${Math.round(firstMs)} ms`;
+  $("generate").disabled = false;
+  document.body.dataset.state = "done";
+}
+
+$("generate").addEventListener("click", () => {
+  document.body.dataset.state = "generating";
+  generate();
+});
+$("prompt").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && e.shiftKey && !$("generate").disabled) {
+    e.preventDefault();
+    $("generate").click();
+  }
+});
+load().catch((e) => {
+  $("progress").hidden = true;
+  show("error", `Could not load the model from ${MODEL_URL}: ${e.message}`);
+  $("status").textContent = "Not loaded.";
+});

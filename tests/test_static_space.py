@@ -1,0 +1,299 @@
+"""The static Space: the ONNX export (checked with onnxruntime) and the page, run in a real browser.
+
+The browser test serves the page and a trained model folder on loopback (`hub.preview_server`, what
+`python hub.py preview-static` runs) and answers the page's requests for the pinned ONNX Runtime Web
+CDN URL from the copy that tests/install_test_tools.sh installs with npm: nothing leaves the machine.
+SAVE_SCREENSHOT=PATH keeps the browser's screenshot (docs/static_space.png comes from the cpu preset:
+STATIC_TEST_MODEL=out).
+"""
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import ROOT, free_port, make_tiny_model, require, server_process
+
+import hub
+from export_onnx import empty_cache, export_onnx
+from model_gpt2 import load_model
+
+ORT_VERSION = "1.30.0"
+ORT_CDN = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_VERSION}/dist/"
+ORT_LOCAL = ROOT / ".npm-test" / "node_modules" / "onnxruntime-web" / "dist"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+PROMPT, N = "ROMEO:", 200
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory, prepared_data) -> Path:
+    """A model folder from a short real training run (context 32, so 200 characters slide the window 6 times),
+    or STATIC_TEST_MODEL=DIR."""
+    if os.environ.get("STATIC_TEST_MODEL"):
+        return Path(os.environ["STATIC_TEST_MODEL"])
+    from train_gpt2 import config_from_preset, train
+
+    out = tmp_path_factory.mktemp("trained") / "out"
+    cfg = config_from_preset(
+        "cpu", data_dir=str(prepared_data), out_dir=str(out), max_iters=60, eval_interval=30, eval_iters=2,
+        n_layer=2, n_embd=32, n_head=2, block_size=32, sample_chars=0,
+    )  # fmt: skip
+    train(cfg, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_file(trained_dir, tmp_path_factory) -> Path:
+    return export_onnx(load_model(trained_dir), tmp_path_factory.mktemp("onnx"))
+
+
+def session(path):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def run(sess, ids, key, value):
+    logits, k, v = sess.run(None, {"input_ids": np.array([ids], dtype=np.int64), "past_key": key, "past_value": value})
+    return logits[0], np.concatenate([key, k]), np.concatenate([value, v])
+
+
+# ---------------------------------------------------------------------------- ONNX (onnxruntime, Python)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_onnx_logits_equal_pytorch_for_the_whole_context(tmp_path, shakespeare_vocab, bias):
+    model = make_tiny_model(shakespeare_vocab, seed=3, bias=bias).eval()
+    with torch.no_grad():  # weights far from their init, so a mixed-up tensor cannot hide
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    sess = session(export_onnx(model, tmp_path))
+    ids = torch.randint(
+        0, len(shakespeare_vocab), (1, model.config.block_size), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        expected = model(ids)[0][0].numpy()  # (block_size, vocab)
+    empty = empty_cache(model).numpy()
+    prefill, key, value = run(sess, ids[0].tolist(), empty, empty)  # the whole context in one call
+    np.testing.assert_allclose(prefill, expected, atol=1e-4, rtol=0)
+    key = value = empty  # and one position at a time, up to the last one the context has
+    for t in range(model.config.block_size):
+        logits, key, value = run(sess, [ids[0, t].item()], key, value)
+        np.testing.assert_allclose(logits[-1], expected[t], atol=1e-4, rtol=0)
+
+
+def onnx_greedy(sess, model, prompt, n):
+    """The page's loop (static/app.js stream()) in Python: prefill, decode, slide the window past the context."""
+    block = model.config.block_size
+    shift, vocab, stoi = max(1, block // 4), model.tokenizer.vocab, model.tokenizer.stoi
+    context, empty = [stoi[ch] for ch in prompt][-block:], empty_cache(model).numpy()
+    logits, key, value = run(sess, context, empty, empty)
+    text = prompt
+    for i in range(n):
+        nxt = int(logits[-1].argmax())
+        text += vocab[nxt]
+        if i == n - 1:
+            break
+        context.append(nxt)
+        if len(context) > block:
+            context = context[-(block - shift) :]
+            logits, key, value = run(sess, context, empty, empty)
+        else:
+            logits, key, value = run(sess, [nxt], key, value)
+    return text
+
+
+def test_onnx_greedy_generation_equals_pytorch(trained_dir, onnx_file):
+    model = load_model(trained_dir)
+    expected = model.generate_text(PROMPT, N, temperature=0)
+    assert onnx_greedy(session(onnx_file), model, PROMPT, N) == expected
+
+
+@pytest.mark.slow
+def test_export_onnx_command(trained_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (out / name).write_bytes((trained_dir / name).read_bytes())
+    proc = subprocess.run([sys.executable, "hub.py", "export-onnx", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout and (out / "onnx" / "model.onnx").is_file()
+    model = load_model(out)
+    assert onnx_greedy(session(out / "onnx" / "model.onnx"), model, PROMPT, 50) == model.generate_text(
+        PROMPT, 50, temperature=0
+    )
+    proc = subprocess.run(
+        [sys.executable, "hub.py", "export-onnx", str(tmp_path / "nothing")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "does not hold a model that loads" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_preview_static_command_serves_the_page_and_the_model(trained_dir, tmp_path):
+    """`python hub.py preview-static DIR --port P`: the page, app.js and the model's files, with the Space's headers."""
+    import httpx
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("config.json", "model.safetensors"):  # no onnx/ yet: the command exports one for itself
+        (out / name).write_bytes((trained_dir / name).read_bytes())
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    cmd = [sys.executable, "hub.py", "preview-static", str(out), "--port", str(port)]
+    # exporting takes seconds to a minute on a busy machine; the page answers once it is done
+    with server_process(
+        cmd, lambda: httpx.get(url, timeout=5).status_code == 200, tmp_path / "preview.log", 300, cwd=ROOT
+    ):
+        page = httpx.get(url, timeout=30)
+        assert page.status_code == 200 and '<meta name="model-url" content="model/">' in page.text
+        for key, value in hub.ISOLATION_HEADERS.items():
+            assert page.headers[key] == value  # as the Space sends them: WebAssembly threads
+        assert httpx.get(url + "app.js").content == (ROOT / "static" / "app.js").read_bytes()
+        assert httpx.get(url + "model/config.json").content == (out / "config.json").read_bytes()
+        served = tmp_path / "served.onnx"
+        served.write_bytes(httpx.get(url + "model/onnx/model.onnx", timeout=30).content)
+        model = load_model(out)
+        assert onnx_greedy(session(served), model, PROMPT, 40) == model.generate_text(PROMPT, 40, temperature=0)
+        assert httpx.get(url + "model/model.safetensors").status_code == 404  # only what the page needs
+        assert not (out / "onnx").exists()  # the preview leaves the model folder as it was
+
+
+# ---------------------------------------------------------------------------- the page in Chromium
+
+
+def test_the_page_pins_the_engine_it_was_tested_with():
+    page = (ROOT / "static" / "index.html").read_text()
+    assert f'src="{ORT_CDN}ort.wasm.min.js"' in page
+    assert f'const ORT_DIST = "{ORT_CDN}";' in (ROOT / "static" / "app.js").read_text()
+    assert f"onnxruntime-web@{ORT_VERSION}" in (ROOT / "tests" / "install_test_tools.sh").read_text()
+
+
+def route_cdn_to_local_copy(page):
+    """Answer the pinned CDN URL from the npm install, with the headers jsDelivr sends (CORS, CORP)."""
+    types = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm"}
+
+    def answer(route):
+        path = ORT_LOCAL / route.request.url.removeprefix(ORT_CDN).split("?")[0]
+        if not path.is_file():
+            return route.fulfill(status=404)
+        headers = {"access-control-allow-origin": "*", "cross-origin-resource-policy": "cross-origin"}
+        route.fulfill(status=200, body=path.read_bytes(), headers=headers, content_type=types.get(path.suffix))
+
+    # the route added last is tried first: everything not on loopback is refused, except the CDN copy
+    page.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/]).*"), lambda route: route.abort())
+    page.route(ORT_CDN + "**", answer)
+
+
+@pytest.fixture(scope="module")
+def preview(trained_dir, onnx_file):
+    server = hub.preview_server(trained_dir, onnx_file, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+
+
+# records every text the page's status line shows (the download progress is gone by the time the model is ready)
+STATUS_LOG = """window.statusLog = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const status = document.getElementById("status");
+  new MutationObserver(() => window.statusLog.push(status.textContent)).observe(status, {childList: true});
+});"""
+
+
+def generate(page, prompt, max_tokens, temperature, top_n):
+    page.locator("#prompt").fill(prompt)
+    page.locator("#max_tokens").fill(str(max_tokens))
+    page.locator("#temperature").fill(str(temperature))
+    page.locator("#top_n").fill(str(top_n))
+    page.evaluate("document.body.dataset.state = ''")
+    page.locator("#generate").click()
+    page.wait_for_function("document.body.dataset.state === 'done'", timeout=120_000)
+    return page.locator("#output").text_content()
+
+
+@pytest.mark.slow
+def test_the_page_generates_what_pytorch_generates(preview, trained_dir, tmp_path):
+    require(Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install chromium")
+    require(ORT_LOCAL.is_dir(), "onnxruntime-web not installed: run bash tests/install_test_tools.sh")
+    from playwright.sync_api import sync_playwright
+
+    model = load_model(trained_dir)
+    greedy = model.generate_text(PROMPT, N, temperature=0)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            route_cdn_to_local_copy(page)
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.add_init_script(STATUS_LOG)
+            page.goto(preview)
+            page.wait_for_selector("#generate:enabled", timeout=120_000)  # the model has loaded
+            shown = page.evaluate("window.statusLog")  # the loading messages, in order
+            assert any(re.fullmatch(r"Downloading the model: [\d.]+ of [\d.]+ MB \(\d+%\)", t) for t in shown), shown
+            assert shown[-1].startswith("Ready: loaded in"), shown
+            assert page.evaluate("self.crossOriginIsolated"), "the preview must send COOP/COEP, as the Space does"
+            facts = page.locator("#facts").text_content()
+            info = model.train_info
+            assert (
+                f"{model.num_params():,} parameters" in facts or f"{model.num_params() / 1e6:.2f}M parameters" in facts
+            )
+            assert (
+                f"Validation loss {info['val_loss_full']:.3f}" in facts
+                and f"context {model.config.block_size}" in facts
+            )
+
+            assert generate(page, PROMPT, N, 0, 0) == greedy  # greedy: character for character
+            assert generate(page, PROMPT, N, 0.7, 1) == greedy  # top N = 1 leaves only the likeliest
+            page.screenshot(path=tmp_path / "static_space.png", full_page=True)
+            if os.environ.get("SAVE_SCREENSHOT"):
+                page.screenshot(path=os.environ["SAVE_SCREENSHOT"], full_page=True)
+            sampled = generate(page, "", 30, 1, -5)  # empty prompt = a space; top N <= 0 = all characters
+            assert sampled.startswith(" ") and len(sampled) == 31 and set(sampled) <= set(model.tokenizer.vocab)
+
+            text = generate(page, "ROMEO: ☃", 20, 0, 0)  # a character the model never saw: left out, and said so
+            assert text == model.generate_text("ROMEO: ", 20, temperature=0)
+            assert "left out" in page.locator("#note").text_content() and "☃" in page.locator("#note").text_content()
+
+            for field, value, message in [
+                ("#temperature", "1.5", "temperature must be a number from 0 to 1 (0 = greedy), got '1.5'"),
+                ("#max_tokens", "5000", "max tokens must be an integer from 1 to 2000, got '5000'"),
+                ("#top_n", "2.5", "top N must be an integer or empty, got '2.5'"),
+            ]:
+                page.locator("#prompt").fill(PROMPT)
+                for name, good in (("#temperature", "0"), ("#max_tokens", "20"), ("#top_n", "")):
+                    page.locator(name).fill(value if name == field else good)
+                page.locator("#generate").click()
+                assert page.locator("#error").text_content() == message
+                assert page.locator("#output").text_content() == text  # nothing was generated
+            assert errors == []
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_bench_browser_only_reports_the_page_speed(prepared_data):
+    """`python bench.py --browser-only`, the README's in-browser speed command, runs and reports both shapes."""
+    require(Path(CHROMIUM).is_file() and ORT_LOCAL.is_dir(), "needs chromium and bash tests/install_test_tools.sh")
+    import json
+
+    args = [sys.executable, "bench.py", "--browser-only", "--data-dir", str(prepared_data)]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    browser = json.loads(proc.stdout)["browser"]
+    assert browser["shakespeare-char (10.7M)"]["params"] == 10_770_816 and browser["cpu preset"]["params"] == 818_048
+    for shape in browser.values():
+        assert shape["1_threads"]["threads"] == 1 and shape["2_threads"]["threads"] == 2
+        assert all(run["isolated"] for k, run in shape.items() if k.endswith("_threads"))
+        assert all(
+            run["chars_per_sec"] > 0 and run["first_char_ms"] > 0 for k, run in shape.items() if k.endswith("_threads")
+        )
+    assert "in the browser (Chromium, WASM)" in proc.stderr
