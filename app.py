@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from engine import Engine, EngineBusy
 from model_gpt2 import GPT, load_model
@@ -289,6 +290,9 @@ def main(argv=None):
         model = load_model(source)
     except (OSError, ValueError) as e:
         sys.exit(f"Could not load the model {source!r}: {e}")
+    # one thread for the decode loop: the other core serves the web page and streams to every user, and
+    # PyTorch's threads slow down badly when they compete for cores (a Space's 2 vCPUs run both)
+    torch.set_num_threads(1)
     print(
         f"serving {source}: {count(model.num_params())} parameters, {args.slots} texts at once, "
         f"on http://{args.host}:{args.port}"
