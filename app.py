@@ -2,6 +2,7 @@
 
     python app.py --model out --port 7860         # a folder written by train_gpt2.py
     python app.py --model ORG/NAME                # a model on the Hugging Face Hub
+    python app.py --model out --slots 16 --max-waiting 32   # 16 texts at once, 32 more in line (the defaults)
 
 On a Hugging Face Space this file runs unchanged: the Space variable GPT_MODEL names the model
 repo and the app listens on 0.0.0.0:7860. The event is also an API:

@@ -405,6 +405,28 @@ def bench_serving(vocab, app_dir: Path, users=16, chars=200, alone_runs=5) -> di
     }  # fmt: skip
 
 
+def batch_agreement(model_dir, text: str, prompts=64, chars=200) -> dict:
+    """How often batching changes a text: `prompts` prompts (slices of `text`) x `chars` characters, 16 at a
+    time through the engine, against generate_text alone; greedy and seeded. A batched matrix product may sum
+    in another order than the matrix-vector product of a lone request, which could flip a near-tie."""
+    import random
+
+    from engine import Engine
+    from model_gpt2 import load_model
+
+    model, rng = load_model(model_dir), random.Random(0)
+    starts = [rng.randrange(len(text) - 200) for _ in range(prompts)]
+    starts = [text[i : i + rng.randrange(5, 120)] for i in starts]
+    engine, tok, out = Engine(model, slots=16), model.tokenizer, {}
+    for name, sampling in (("greedy", dict(temperature=0)), ("seeded", dict(temperature=0.8, seed=1))):
+        same = 0
+        for k in range(0, prompts, 16):
+            reqs = [(p, engine.submit(tok.encode(p), chars, **sampling)) for p in starts[k : k + 16]]
+            same += sum(p + tok.decode(r.result()) == model.generate_text(p, chars, **sampling) for p, r in reqs)
+        out[name] = {"texts": prompts, "chars_each": chars, "equal_to_generate_text": same}
+    return out
+
+
 def serving_table(s) -> str:
     lines = [f"serving: app.py in {s['app']}, 10.7M model, gradio_client users on loopback",
              f"{'':10} {'chars/s':>9} {'first text p50':>15} {'p95':>7} {'finish p50':>11} {'p95':>7}  all right"]  # fmt: skip
@@ -475,6 +497,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default="data", help="folder written by data/prepare.py")
     ap.add_argument("--serving", action="store_true", help="only the serving benchmark: 1 user alone vs 16 at once")
     ap.add_argument("--app-dir", default=str(Path(__file__).parent), help="the checkout whose app.py --serving runs")
+    ap.add_argument("--agreement", metavar="MODEL", help="only: batched vs alone texts of a trained model, 64 prompts")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -486,6 +509,10 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     meta, data = load_meta(Path(args.data_dir)), load_split(Path(args.data_dir), "train")
+    if args.agreement:  # prompts from the validation split, which the model never trained on
+        text = "".join(meta["vocab"][i] for i in load_split(Path(args.data_dir), "val").tolist())
+        print(json.dumps(batch_agreement(args.agreement, text), indent=2))
+        return 0
     if args.serving:
         serving = bench_serving(meta["vocab"], Path(args.app_dir).resolve())
         result = {"load_avg_1min": round(os.getloadavg()[0], 2), "serving": serving}
