@@ -7,8 +7,8 @@
 
 Decoding one character reads every weight once, and reading them for 16 sequences costs little more
 than for one, so a shared loop serves 16 users for a little more than the price of one. Each step
-of the loop: requests that arrived are prefilled into a free slot of a preallocated KV cache; every
-active request gets its next character (sampled with its own settings and its own torch.Generator);
+of the loop: requests that arrived are prefilled, one by one, into a free slot of a preallocated KV
+cache and get their first character at once; every other active request gets its next character (sampled with its own settings and its own torch.Generator);
 finished or cancelled requests leave at once; then one batched decode step runs for all the rest,
 each row at its own position. Past `slots`, requests wait in order; past `max_waiting`, submit()
 raises EngineBusy at once.
@@ -64,6 +64,7 @@ class Request:
         self.row = -1  # its row of the KV cache while it runs
         self.pos = 0  # positions of its row already in the cache
         self.logits = None  # (1, vocab): the next token's logits, once prefilled or decoded
+        self.state = "new"  # then "decode", "ready" or "done": see Engine._next_token
 
     def notify(self):
         if self._notify is not None:
@@ -165,9 +166,10 @@ class Engine:
                             self.rows.append(req)
                             new.append(req)
                 try:
-                    for req in new:
+                    for req in new:  # each newcomer's first token at once, before the next one's prefill
                         self._prefill(req)
-                    self._step()
+                        self._next_token(req)
+                    self._step(new)
                 except Exception as e:  # a broken step fails its requests, not the server
                     with self.lock:
                         for req in self.rows:
@@ -182,31 +184,38 @@ class Engine:
         req.logits = self.model(window, kv_cache=cache)[0][:, -1]
         req.pos = cache.pos
 
-    def _step(self):
-        """Every running request gets one token; the ones that go on get their next logits."""
-        decode, finished = [], []
+    def _next_token(self, req: Request):
+        """Sample req's next token from its logits; req.state says what it needs next:
+        "done" (finished or cancelled), "decode" (a decode step), "ready" (re-prefilled: it has its logits)."""
+        if req.cancelled:
+            req.state = "done"
+            return
+        nxt = sample_next_token(req.logits, req.temperature, req.top_k, req.top_p, req.generator)  # (1, 1)
+        prob = torch.softmax(req.logits.float(), dim=-1)[0, nxt[0, 0]]
+        req.probs.append(float(prob))  # first: readers go by len(tokens)
+        req.tokens.append(int(nxt))
+        if len(req.tokens) == 1:
+            req.notify()  # the first token: shown at once
+        if len(req.tokens) == req.max_new_tokens:
+            req.state = "done"
+            return
+        req.window.append(int(nxt))
+        req.state = "decode"
+        if len(req.window) > self.block:  # window full: slide and re-prefill this row alone
+            req.window = req.window[-(self.block - self.shift) :]
+            self._prefill(req)
+            req.state = "ready"
+
+    def _step(self, new: list[Request]):
+        """Every running request gets one token (the new ones have theirs); the ones that go on get their next logits."""
+        fresh = {id(r) for r in new}
         for req in self.rows:
-            if req.cancelled:
-                finished.append(req)
-                continue
-            nxt = sample_next_token(req.logits, req.temperature, req.top_k, req.top_p, req.generator)  # (1, 1)
-            prob = torch.softmax(req.logits.float(), dim=-1)[0, nxt[0, 0]]
-            req.probs.append(float(prob))  # first: readers go by len(tokens)
-            req.tokens.append(int(nxt))
-            if len(req.tokens) == 1:
-                req.notify()  # the first token: shown at once
-            if len(req.tokens) == req.max_new_tokens:
-                finished.append(req)
-                continue
-            req.window.append(int(nxt))
-            if len(req.window) > self.block:  # window full: slide and re-prefill this row alone
-                req.window = req.window[-(self.block - self.shift) :]
-                self._prefill(req)
-            else:
-                decode.append(req)
+            if id(req) not in fresh:
+                self._next_token(req)
         with self.lock:
-            self._finish(finished)
+            self._finish([r for r in self.rows if r.state == "done" or r.cancelled])
             self._compact()
+        decode = [r for r in self.rows if r.state == "decode"]
         if decode:
             self._decode(decode)
         self.steps += 1
