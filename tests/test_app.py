@@ -1,5 +1,6 @@
 """The Gradio app end to end: the real `python app.py --model DIR --port P` command, its API through
-gradio_client, 8 requests at once, and a real browser (Debian's chromium driven by Playwright).
+gradio_client, 16 users at once, the streamed messages themselves (Gradio's SSE protocol), a full server's
+waiting line and busy error, cancel and disconnect, and a real browser (Debian's chromium driven by Playwright).
 
 The model is the random-weight tiny_model_dir, or APP_TEST_MODEL=DIR (a trained model gives a nicer
 screenshot; SAVE_SCREENSHOT=PATH keeps the browser's screenshot there, e.g. docs/app.png).
