@@ -4,6 +4,9 @@
     python bench.py --quick                  # a smoke check in 1-2 minutes (one training run cut to 1/10)
     python bench.py --device cuda --json bench.json      # on a GPU; the JSON also goes to a file
     python bench.py --threads 1              # torch.set_num_threads(1) first, to compare with the default
+    python bench.py --serving                # only the app under load: 1 gradio_client user alone vs 16 at once (~1 min)
+    python bench.py --serving --app-dir ../other-checkout   # the same against another checkout's app.py
+    python bench.py --agreement out          # only: do batched texts equal generate_text's? (a trained model)
 
 stdout gets one JSON document; the same numbers as a readable table go to stderr.
 MFU = tokens/s x FLOPs per token / the matmul peak measured in the same run (an fp32 2048x2048
