@@ -2,6 +2,7 @@
 
     python app.py --model out --port 7860         # a folder written by train_gpt2.py
     python app.py --model ORG/NAME                # a model on the Hugging Face Hub
+    python app.py --model out --slots 16 --max-waiting 32   # 16 texts at once, 32 more in line (the defaults)
 
 On a Hugging Face Space this file runs unchanged: the Space variable GPT_MODEL names the model
 repo and the app listens on 0.0.0.0:7860. The event is also an API:
@@ -13,20 +14,25 @@ Inputs left out of an API call take the defaults the page shows (100 characters,
 """
 
 import argparse
+import asyncio
+import contextlib
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import gradio as gr
 import torch
 
+from engine import Engine, EngineBusy
 from model_gpt2 import GPT, load_model
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT = 10_000  # characters kept of a longer prompt: the model reads only its last block_size anyway
-MAX_TOKENS = 2000  # enough for a page of text; a request holds one of the two workers while it runs
+MAX_TOKENS = 2000  # enough for a page of text
+SLOTS = 16  # texts written at once, in one batched decode loop: 16 cost little more than 1 on a CPU
+MAX_WAITING = 32  # more requests wait in line; past that they are told the server is busy
+OUTPUT_LABEL = "Prompt + generated text"
 STREAM_EVERY = 0.05  # seconds between streamed updates: smooth to the eye, ~20 messages a second
 EXAMPLES = ["ROMEO:", "First Citizen:\n", "To be, or not", "KING RICHARD III:\nNow is the"]
 TRAIN_HINT = "python data/prepare.py && python train_gpt2.py --preset cpu --out-dir out"
@@ -105,11 +111,23 @@ def model_facts(model: GPT, source: str) -> str:
     )
 
 
-def make_generate(model: GPT):
-    """The event function for this model: a generator that yields (text so far, coloured text)."""
+def add_colored(colored: list, ch: str, label: str):
+    """Append a character to the coloured view, merged into the last run when its label is the same:
+    the view holds one entry per run of equally sure characters, not one per character."""
+    if colored and colored[-1][1] == label:
+        colored[-1] = (colored[-1][0] + ch, label)
+    else:
+        colored.append((ch, label))
+
+
+def make_generate(model: GPT, engine: Engine):
+    """The event function for this model: an async generator that yields (text so far, coloured text).
+
+    Every request goes through `engine`, the model's one decode loop; this function only waits for
+    its characters and forwards them. It runs on the server's event loop and holds no thread."""
     tok = model.tokenizer
 
-    def generate(prompt: str, max_tokens=100, temperature=0.7, top_n=None, top_p=1.0, seed=None):
+    async def generate(prompt: str, max_tokens=100, temperature=0.7, top_n=None, top_p=1.0, seed=None):
         """Continue `prompt` with `max_tokens` characters; yields the prompt + text as it grows."""
         n = as_int(max_tokens, "max tokens", 1, MAX_TOKENS)
         temperature = as_float(temperature, "temperature", "a number from 0 to 1 (0 = greedy)", lambda t: 0 <= t <= 1)
@@ -129,32 +147,65 @@ def make_generate(model: GPT):
             gr.Warning(f"Not in the model's vocabulary, left out: {' '.join(repr(ch) for ch in unknown)}")
         text = "".join(ch for ch in prompt if ch in tok.stoi) or " "  # what the model really sees
 
-        colored = [(text, None)]
-        last = 0.0
-        stream = model.stream_text(
-            text,
-            n,
-            errors="drop",
-            temperature=temperature,
-            top_k=top_n if top_n and top_n > 0 else None,
-            top_p=top_p,
-            seed=seed,
-        )
-        for i, (ch, prob) in enumerate(stream, 1):
-            text += ch
-            colored.append((ch, bucket(prob)))
-            # the first character at once, then one update per ~50 ms: a message per character would
-            # flood the browser at hundreds of characters a second
-            if time.perf_counter() - last >= STREAM_EVERY and i < n:
-                last = time.perf_counter()
-                yield text, colored
+        loop, wake = asyncio.get_running_loop(), asyncio.Event()
+        try:
+            req = engine.submit(
+                tok.encode(text),
+                n,
+                temperature=temperature,
+                top_k=top_n if top_n and top_n > 0 else None,
+                top_p=top_p,
+                seed=seed,
+                notify=lambda: loop.call_soon_threadsafe(wake.set),  # called from the engine's thread
+            )
+        except EngineBusy:
+            raise reject(
+                f"The server is busy: {engine.slots} texts are being written and {engine.max_waiting} more "
+                "wait in line. Try again in a few seconds."
+            ) from None
+        try:
+            async for update in stream_request(req, text, wake):
+                yield update
+        finally:  # finished, failed, or the client went away (Gradio closes this generator): free the slot
+            req.cancel()
+
+    async def stream_request(req, text: str, wake: asyncio.Event):
+        colored, sent, ahead = [(text, None)], 0, None
+        while not req.done.is_set() or sent < len(req.tokens):
+            if not req.tokens:  # not started: say where in the line it waits
+                now = engine.position(req)
+                if now != ahead and (now or ahead):
+                    ahead = now
+                    label = f"Waiting for a free slot: {now} in line" if now else OUTPUT_LABEL
+                    yield gr.Textbox(value=text, label=label), colored
+            # the first character at once (the engine wakes us), then one update per ~50 ms: a message
+            # per character would flood the browser at hundreds of characters a second
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), STREAM_EVERY)
+            wake.clear()
+            end = len(req.tokens)
+            if end > sent:
+                chars = tok.decode(req.tokens[sent:end])
+                for ch, prob in zip(chars, req.probs[sent:end]):
+                    add_colored(colored, ch, bucket(prob))
+                text, sent = text + chars, end
+                if ahead:  # it was waiting: put the label back
+                    ahead = 0
+                    yield gr.Textbox(value=text, label=OUTPUT_LABEL), colored
+                elif not req.done.is_set() or sent < len(req.tokens):
+                    yield text, colored
+        if req.error is not None:
+            raise gr.Error(f"Generation failed: {req.error}")
         yield text, colored
 
     return generate
 
 
-def build_demo(model: GPT, source: str = "") -> gr.Blocks:
-    """The page around `model` (`source` names it in the header). Launch it with css=CSS."""
+def build_demo(model: GPT, source: str = "", slots: int = SLOTS, max_waiting: int = MAX_WAITING) -> gr.Blocks:
+    """The page around `model` (`source` names it in the header). Launch it with css=CSS.
+
+    Generation runs in one Engine for the model: `slots` texts at once, `max_waiting` more in line."""
+    engine = Engine(model, slots=slots, max_waiting=max_waiting)
     with Blocks(title="Character-level GPT-2") as demo:
         gr.Markdown(model_facts(model, source))
         with gr.Row():
@@ -195,7 +246,7 @@ def build_demo(model: GPT, source: str = "") -> gr.Blocks:
                 btn = gr.Button("Generate", variant="primary")
                 gr.Examples([[p] for p in EXAMPLES], inputs=[prompt])
             with gr.Column(scale=2):
-                output = gr.Textbox(label="Prompt + generated text", lines=12, buttons=["copy"], elem_id="output")
+                output = gr.Textbox(label=OUTPUT_LABEL, lines=12, buttons=["copy"], elem_id="output")
                 colored = gr.HighlightedText(
                     label="How sure the model was of each character",
                     color_map=COLORS,
@@ -206,17 +257,18 @@ def build_demo(model: GPT, source: str = "") -> gr.Blocks:
                 )
         gr.on(
             [btn.click, prompt.submit],
-            make_generate(model),
+            make_generate(model, engine),
             inputs=[prompt, max_tokens, temperature, top_n, top_p, seed],
             outputs=[output, colored],
             api_name="generate",
-            concurrency_limit=2,
+            # no limit at Gradio's level: every request reaches the engine at once, which runs `slots` of
+            # them together, keeps the rest in line (saying where) and refuses the ones past its line
+            concurrency_limit=None,
             # raw values reach generate(), which checks them and names the valid range itself
             # (the components' own checks would say only "Value 1.5 is greater than maximum value 1")
             preprocess=False,
         )
-    # 2 vCPUs on a free Space: two generations at a time, the rest wait in line
-    return demo.queue(max_size=32, default_concurrency_limit=2)
+    return demo.queue(max_size=slots + max_waiting, default_concurrency_limit=2)
 
 
 def pick_model(arg: str | None) -> str:
@@ -243,18 +295,32 @@ def main(argv=None):
         help="address to listen on (default 127.0.0.1; 0.0.0.0 on a Space)",
     )
     ap.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    ap.add_argument("--slots", type=int, default=SLOTS, help=f"texts generated at once, batched (default {SLOTS})")
+    ap.add_argument(
+        "--max-waiting",
+        type=int,
+        default=MAX_WAITING,
+        help=f"requests that may wait for a slot; more are told to try again (default {MAX_WAITING})",
+    )
     args = ap.parse_args(argv)
+    if args.slots < 1 or args.max_waiting < 0:
+        ap.error(f"--slots must be >= 1 and --max-waiting >= 0, got {args.slots} and {args.max_waiting}")
 
     source = pick_model(args.model)
     try:
         model = load_model(source)
     except (OSError, ValueError) as e:
         sys.exit(f"Could not load the model {source!r}: {e}")
-    # one thread per request: decoding one character at a time is too small to split across cores,
-    # and two requests at once on 2 cores would otherwise fight over them
+    # one thread for the decode loop: the other core serves the web page and streams to every user, and
+    # PyTorch's threads slow down badly when they compete for cores (a Space's 2 vCPUs run both)
     torch.set_num_threads(1)
-    print(f"serving {source}: {count(model.num_params())} parameters on http://{args.host}:{args.port}")
-    build_demo(model, source).launch(server_name=args.host, server_port=args.port, css=CSS)
+    print(
+        f"serving {source}: {count(model.num_params())} parameters, {args.slots} texts at once, "
+        f"on http://{args.host}:{args.port}"
+    )
+    build_demo(model, source, args.slots, args.max_waiting).launch(
+        server_name=args.host, server_port=args.port, css=CSS
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@
     python bench.py --threads 1              # torch.set_num_threads(1) first, to compare with the default
     python bench.py --browser                # also the static Space's page in Chromium (tests/install_test_tools.sh)
     python bench.py --browser-only           # only that: ~2 minutes
+    python bench.py --serving                # only the app under load: 1 gradio_client user alone vs 16 at once (~1 min)
+    python bench.py --serving --app-dir ../other-checkout   # the same against another checkout's app.py
+    python bench.py --agreement out          # only: do batched texts equal generate_text's? (a trained model)
 
 stdout gets one JSON document; the same numbers as a readable table go to stderr.
 MFU = tokens/s x FLOPs per token / the matmul peak measured in the same run (an fp32 2048x2048
@@ -425,6 +428,142 @@ def browser_table(b) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------- serving: the app under many users
+
+
+def start_app(app_dir: Path, model_dir: Path, log: Path):
+    """`python app.py --model DIR --port P` in app_dir (this checkout, or another one to compare); its URL once up."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "app.py", "--model", str(model_dir), "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=app_dir, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 180
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            sys.exit(f"app.py did not start:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            if urllib.request.urlopen(url, timeout=5).status == 200:
+                return proc, url
+        time.sleep(0.5)
+
+
+def serve_users(url, n_users, chars) -> list[dict]:
+    """n_users gradio_client users ask for `chars` characters at the same moment; each one's timings."""
+    import threading
+
+    from gradio_client import Client
+
+    clients = [Client(url, verbose=False, analytics_enabled=False) for _ in range(n_users)]  # one session each
+    barrier = threading.Barrier(n_users)
+    results = [None] * n_users
+
+    def user(i):
+        prompt = ("ROMEO:", "First Citizen:\n", "To be, or not", "KING RICHARD III:\nNow is the")[i % 4]
+        barrier.wait()
+        t0, first = time.perf_counter(), None
+        job = clients[i].submit(prompt, chars, 0.8, 0, 1.0, i, api_name="/generate")
+        for out in job:
+            text = out[0]["value"] if isinstance(out[0], dict) else out[0]  # a dict: a "waiting" notice
+            if first is None and len(text) > len(prompt):
+                first = time.perf_counter() - t0
+        text = job.result()[0]
+        results[i] = {"first_text_s": first, "finish_s": time.perf_counter() - t0,
+                      "right": text.startswith(prompt) and len(text) == len(prompt) + chars}  # fmt: skip
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(n_users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def percentile(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def bench_serving(vocab, app_dir: Path, users=16, chars=200, alone_runs=5) -> dict:
+    """One gradio_client user alone against `users` at once, on `python app.py` over loopback, with the
+    10.7M shakespeare-char shape (random weights: speed does not depend on them)."""
+    torch.manual_seed(0)
+    model = GPT(model_config(config_from_preset(None, **SHAKESPEARE_CHAR), len(vocab)), vocab=vocab)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        proc, url = start_app(app_dir, Path(tmp), Path(tmp) / "app.log")
+        try:
+            serve_users(url, 1, 20)  # warm up: the first request pays for one-time set-up
+            alone = [serve_users(url, 1, chars)[0] for _ in range(alone_runs)]
+            crowd = serve_users(url, users, chars)
+        finally:
+            proc.terminate()
+            proc.wait()
+
+    def summary(rows, wall):
+        first, finish = [r["first_text_s"] or float("nan") for r in rows], [r["finish_s"] for r in rows]
+        return {
+            "users": len(rows), "chars_each": chars, "all_right": all(r["right"] for r in rows),
+            "chars_per_sec": round(len(rows) * chars / wall, 1),
+            "first_text_p50_s": round(percentile(first, 0.5), 3), "first_text_p95_s": round(percentile(first, 0.95), 3),
+            "finish_p50_s": round(percentile(finish, 0.5), 3), "finish_p95_s": round(percentile(finish, 0.95), 3),
+        }  # fmt: skip
+
+    # the user alone, run alone_runs times: its rate is that of its median run
+    one = {
+        **summary(alone, alone_runs * statistics.median(r["finish_s"] for r in alone)),
+        "users": 1,
+        "runs": alone_runs,
+    }
+    many = summary(crowd, max(r["finish_s"] for r in crowd))
+    return {
+        "app": str(app_dir), "one_user": one, f"{users}_users": many,
+        "aggregate_x": round(many["chars_per_sec"] / one["chars_per_sec"], 2),
+        "finish_p95_x": round(many["finish_p95_s"] / one["finish_p95_s"], 2),
+    }  # fmt: skip
+
+
+def batch_agreement(model_dir, text: str, prompts=64, chars=200) -> dict:
+    """How often batching changes a text: `prompts` prompts (slices of `text`) x `chars` characters, 16 at a
+    time through the engine, against generate_text alone; greedy and seeded. A batched matrix product may sum
+    in another order than the matrix-vector product of a lone request, which could flip a near-tie."""
+    import random
+
+    from engine import Engine
+    from model_gpt2 import load_model
+
+    model, rng = load_model(model_dir), random.Random(0)
+    starts = [rng.randrange(len(text) - 200) for _ in range(prompts)]
+    starts = [text[i : i + rng.randrange(5, 120)] for i in starts]
+    engine, tok, out = Engine(model, slots=16), model.tokenizer, {}
+    for name, sampling in (("greedy", dict(temperature=0)), ("seeded", dict(temperature=0.8, seed=1))):
+        same = 0
+        for k in range(0, prompts, 16):
+            reqs = [(p, engine.submit(tok.encode(p), chars, **sampling)) for p in starts[k : k + 16]]
+            same += sum(p + tok.decode(r.result()) == model.generate_text(p, chars, **sampling) for p, r in reqs)
+        out[name] = {"texts": prompts, "chars_each": chars, "equal_to_generate_text": same}
+    return out
+
+
+def serving_table(s) -> str:
+    lines = [f"serving: app.py in {s['app']}, 10.7M model, gradio_client users on loopback",
+             f"{'':10} {'chars/s':>9} {'first text p50':>15} {'p95':>7} {'finish p50':>11} {'p95':>7}  all right"]  # fmt: skip
+    for key in (k for k in s if k.endswith(("_user", "_users"))):
+        r = s[key]
+        lines.append(f"{r['users']:2} user{'s' if r['users'] > 1 else ' '}   {r['chars_per_sec']:9,.0f} "
+                     f"{r['first_text_p50_s']:13.2f} s {r['first_text_p95_s']:5.2f} s {r['finish_p50_s']:9.2f} s "
+                     f"{r['finish_p95_s']:5.2f} s  {r['all_right']}")  # fmt: skip
+    lines.append(
+        f"  {s['aggregate_x']}x the characters/s of one user alone; p95 finish {s['finish_p95_x']}x one user's"
+    )
+    return "\n".join(lines)
+
+
 def table(r) -> str:
     """The JSON as a table for people."""
     n, q = r["nanogpt_cpu"], r["quality"]
@@ -483,6 +622,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default="data", help="folder written by data/prepare.py")
     ap.add_argument("--browser", action="store_true", help="also time the static Space's page in Chromium")
     ap.add_argument("--browser-only", action="store_true", help="only the static Space's page in Chromium")
+    ap.add_argument("--serving", action="store_true", help="only the serving benchmark: 1 user alone vs 16 at once")
+    ap.add_argument("--app-dir", default=str(Path(__file__).parent), help="the checkout whose app.py --serving runs")
+    ap.add_argument("--agreement", metavar="MODEL", help="only: batched vs alone texts of a trained model, 64 prompts")
     args = ap.parse_args(argv)
     if (args.browser or args.browser_only) and browser_ready():
         ap.error(f"--browser: {browser_ready()}")
@@ -499,6 +641,16 @@ def main(argv=None) -> int:
         ap.error(str(e))
     enable_tf32(device)  # as train_gpt2 does
     meta, data = load_meta(Path(args.data_dir)), load_split(Path(args.data_dir), "train")
+    if args.agreement:  # prompts from the validation split, which the model never trained on
+        text = "".join(meta["vocab"][i] for i in load_split(Path(args.data_dir), "val").tolist())
+        print(json.dumps(batch_agreement(args.agreement, text), indent=2))
+        return 0
+    if args.serving:
+        serving = bench_serving(meta["vocab"], Path(args.app_dir).resolve())
+        result = {"load_avg_1min": round(os.getloadavg()[0], 2), "serving": serving}
+        print(json.dumps(result, indent=2))
+        print("\n" + serving_table(serving), file=sys.stderr)
+        return 0
     peak_dtype = pick_dtype(device)  # fp32 on a CPU; bf16 (fp16 before Ampere) on a GPU, as training uses
     t0, peak = time.perf_counter(), matmul_peak(device, peak_dtype)
     result = {

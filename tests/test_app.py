@@ -1,15 +1,19 @@
 """The Gradio app end to end: the real `python app.py --model DIR --port P` command, its API through
-gradio_client, 8 requests at once, and a real browser (Debian's chromium driven by Playwright).
+gradio_client, 16 users at once, the streamed messages themselves (Gradio's SSE protocol), a full server's
+waiting line and busy error, cancel and disconnect, and a real browser (Debian's chromium driven by Playwright).
 
 The model is the random-weight tiny_model_dir, or APP_TEST_MODEL=DIR (a trained model gives a nicer
 screenshot; SAVE_SCREENSHOT=PATH keeps the browser's screenshot there, e.g. docs/app.png).
 """
 
+import contextlib
 import json
 import os
 import shutil
 import sys
+import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +21,7 @@ import httpx
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-from helpers import ROOT, free_port, require, server_process
+from helpers import ROOT, free_port, make_tiny_model, require, server_process
 
 import app
 from model_gpt2 import load_model
@@ -51,15 +55,20 @@ def server_log(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("app") / "app.log"
 
 
-@pytest.fixture(scope="module")
-def server(model_dir, server_log):
-    """`python app.py --model DIR --port P`, as a user runs it; yields its URL once it answers HTTP 200."""
+@contextlib.contextmanager
+def run_app(model_dir, log: Path, *args: str):
+    """`python app.py --model DIR --port P [args]`, as a user runs it; yields its URL once it answers HTTP 200."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    cmd = [sys.executable, "app.py", "--model", str(model_dir), "--port", str(port)]
-    log = server_log
+    cmd = [sys.executable, "app.py", "--model", str(model_dir), "--port", str(port), *args]
     # import gradio ~5 s + launch ~5 s on a quiet machine
     with server_process(cmd, lambda: httpx.get(url, timeout=5).status_code == 200, log, timeout=120, cwd=ROOT):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, server_log):
+    with run_app(model_dir, server_log) as url:
         yield url
 
 
@@ -171,16 +180,146 @@ def test_unknown_characters_are_left_out(client):
     assert len(text) == len("ROMEO: ") + 30
 
 
-def test_eight_requests_at_once_all_complete(client):
-    lengths = [20 + 7 * i for i in range(8)]
+@pytest.fixture(scope="module")
+def one_slot_server(shakespeare_vocab, tmp_path_factory):
+    """One slot and a line of one, serving a 10.7M-parameter model (the shakespeare-char shape, random
+    weights): its 2000 characters take seconds, long enough to act while it runs."""
+    folder = tmp_path_factory.mktemp("big_model")
+    make_tiny_model(shakespeare_vocab, n_layer=6, n_head=6, n_embd=384, block_size=256).save_pretrained(folder)
+    with run_app(folder, folder / "app.log", "--slots", "1", "--max-waiting", "1") as url:
+        yield url, load_model(folder)
+
+
+def new_user(url) -> Client:
+    # one Client per user: Gradio's cancel stops every running event of a session, like closing its tab
+    return Client(url, verbose=False, analytics_enabled=False)
+
+
+def sse_messages(url, data):
+    """The generate event over Gradio's own protocol, as a browser runs it: (bytes, message) per SSE message."""
+    fn = next(d["id"] for d in httpx.get(url + "config").json()["dependencies"] if d.get("api_name") == "generate")
+    session = uuid.uuid4().hex
+    join = {"data": data, "fn_index": fn, "session_hash": session, "event_data": None, "trigger_id": None}
+    httpx.post(url + "gradio_api/queue/join", json=join).raise_for_status()
+    with httpx.stream("GET", url + f"gradio_api/queue/data?session_hash={session}", timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                yield len(line), message
+                if message["msg"] == "process_completed":
+                    return
+
+
+SIXTEEN = [  # (prompt, max tokens, temperature, top N, top-p, seed): one user each
+    (app.EXAMPLES[i % 4], 600 + 80 * i, (0, 0.5, 0.8, 1.0)[i % 4], (0, 5, 0, 20)[i // 4], (1.0, 0.9)[i % 2], i)
+    for i in range(16)
+]
+
+
+def test_sixteen_users_at_once_each_get_their_own_text(server, model):
+    users = [new_user(server) for _ in range(16)]
+    start = threading.Barrier(16)
 
     def one(i):
-        return generate(client, "ROMEO:", lengths[i], 0.8, 0, 1.0, i)[0]
+        start.wait()  # all 16 ask at the same moment
+        t0 = time.perf_counter()
+        job = users[i].submit(*SIXTEEN[i], api_name="/generate")
+        first = None
+        for _ in job:
+            first = first or time.perf_counter() - t0
+        return first, time.perf_counter() - t0, job.result()[0]
 
-    with ThreadPoolExecutor(8) as pool:
-        texts = list(pool.map(one, range(8)))
-    assert [len(t) for t in texts] == [len("ROMEO:") + n for n in lengths]
-    assert all(t.startswith("ROMEO:") for t in texts)
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(16)))
+    for (prompt, n, temperature, top_n, top_p, seed), (_, _, text) in zip(SIXTEEN, results):
+        # greedy or seeded among 15 others: the very text generate_text gives alone
+        assert text == model.generate_text(
+            prompt, n, temperature=temperature, top_k=top_n or None, top_p=top_p, seed=seed
+        )
+    # they ran together: every user saw text before the first of them finished (two at a time would not)
+    assert max(first for first, _, _ in results) < min(finish for _, finish, _ in results)
+
+
+def test_each_streamed_update_carries_only_the_new_text(server, model):
+    sizes, text, final = [], None, None
+    for size, message in sse_messages(server, ["ROMEO:", 2000, 0.8, 0, 1.0, 3]):
+        if message["msg"] == "process_generating":
+            data = message["output"]["data"][0]
+            if text is None:  # the first update holds the value itself
+                text = data
+            else:  # then only edits: the characters added since the last update
+                assert all(op == "append" and path == [] for op, path, _ in data), data
+                text += "".join(chunk for _, _, chunk in data)
+                sizes.append(size)
+        elif message["msg"] == "process_completed":
+            final, final_size = message["output"]["data"][0], size
+    assert final == text == model.generate_text("ROMEO:", 2000, temperature=0.8, seed=3)
+    assert len(sizes) > 5, "not streamed"
+    # no update grows with the text: the last ones are no bigger than the first ones, and all of them
+    # together are a few times the size of the final message (which holds everything once)
+    assert max(sizes) < 0.75 * final_size
+    assert sum(sizes) < 5 * final_size
+
+
+def wait_for_text(job, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not any(isinstance(out[0], str) and len(out[0]) > 6 for out in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), "no text arrived"
+        time.sleep(0.01)
+    return time.monotonic()
+
+
+def assert_slot_freed_early(started, stopped_at, stopped_chars, next_request):
+    """`next_request` gets the slot and finishes long before the stopped request would have written its 2000."""
+    rate = stopped_chars / max(stopped_at - started, 1e-3)  # the stopped request's characters per second
+    next_request()
+    assert time.monotonic() - stopped_at < 0.5 * (2000 - stopped_chars) / rate, "the slot was not freed at once"
+
+
+def greedy_king(url, model):
+    assert new_user(url).predict("KING:", 30, 0, 0, api_name="/generate")[0] == model.generate_text(
+        "KING:", 30, temperature=0
+    )
+
+
+def test_a_full_server_says_who_waits_refuses_more_and_cancel_frees_the_slot(one_slot_server):
+    url, model = one_slot_server
+    first, second, third = new_user(url), new_user(url), new_user(url)
+    running = first.submit("ROMEO:", 2000, 0.8, 0, api_name="/generate")
+    started = wait_for_text(running)
+    waiting = second.submit("To be, or not", 30, 0, 0, api_name="/generate")
+    deadline = time.monotonic() + 30  # the page says it waits, and where in the line
+    while not any(
+        isinstance(o[0], dict) and o[0].get("label") == "Waiting for a free slot: 1 in line" for o in waiting.outputs()
+    ):
+        assert time.monotonic() < deadline, waiting.outputs()
+        time.sleep(0.01)
+    with pytest.raises(AppError, match="The server is busy: 1 texts are being written and 1 more wait in line"):
+        third.predict("KING:", 10, 0, 0, api_name="/generate")
+    running.cancel()
+    stopped_at, chars = time.monotonic(), len(running.outputs()[-1][0]) - len("ROMEO:")
+
+    def the_waiting_one_runs():
+        assert waiting.result(timeout=60)[0] == model.generate_text("To be, or not", 30, temperature=0)
+
+    assert_slot_freed_early(started, stopped_at, chars, the_waiting_one_runs)
+    greedy_king(url, model)  # and the slot serves the next one
+
+
+def test_a_client_that_disconnects_frees_its_slot(one_slot_server):
+    url, model = one_slot_server
+    text, updates = None, 0
+    for _, message in sse_messages(url, ["ROMEO:", 2000, 0.8, 0, 1.0, 1]):
+        if message["msg"] == "process_generating":
+            data = message["output"]["data"][0]
+            if text is None:
+                text, started = data, time.monotonic()
+            else:
+                text += "".join(chunk for _, _, chunk in data)
+            updates += 1
+            if updates == 10:
+                break  # closes the connection, as closing the browser tab does
+    assert_slot_freed_early(started, time.monotonic(), len(text) - len("ROMEO:"), lambda: greedy_king(url, model))
 
 
 def test_browser_generates_with_the_chosen_settings(server, model, tmp_path):

@@ -1,0 +1,140 @@
+"""The batched decode loop without a server: texts equal generate_text's, alone or among 15 others,
+past the context too; rows at different positions; the waiting line, the busy error, cancellation."""
+
+import time
+
+import pytest
+import torch
+from helpers import make_tiny_model
+
+from engine import Engine, EngineBusy, decode_rows
+
+
+@pytest.fixture(scope="module")
+def model(shakespeare_vocab):
+    return make_tiny_model(shakespeare_vocab).eval()  # block_size 32: 100 characters slide the window 3 times
+
+
+def run(engine, model, prompt, n, **sampling):
+    req = engine.submit(model.tokenizer.encode(prompt), n, **sampling)
+    return prompt + model.tokenizer.decode(req.result(timeout=60))
+
+
+SETTINGS = [  # 16 requests, each with its own settings
+    dict(temperature=0),
+    dict(temperature=0.8, seed=1),
+    dict(temperature=1.0, seed=2, top_k=5),
+    dict(temperature=0.6, seed=3, top_p=0.9),
+    dict(temperature=1.0, seed=4, top_k=10, top_p=0.8),
+    dict(temperature=0.3, seed=5),
+    dict(temperature=0),
+    dict(temperature=1.0, seed=7, top_k=1),
+] * 2
+
+
+def test_alone_greedy_and_seeded_equal_generate_text_past_the_context(model):
+    engine = Engine(model, slots=4)
+    for sampling in SETTINGS[:5]:
+        assert run(engine, model, "ROMEO:", 100, **sampling) == model.generate_text("ROMEO:", 100, **sampling)
+    long_prompt = "First Citizen:\nBefore we proceed any further, hear me speak."  # longer than the context
+    assert run(engine, model, long_prompt, 50, temperature=0) == model.generate_text(long_prompt, 50, temperature=0)
+
+
+def test_sixteen_at_once_each_equal_their_text_alone(model):
+    engine = Engine(model, slots=16)
+    prompts = [("ROMEO:", "KING:\n", "To be, or not")[i % 3] * (1 + i % 4) for i in range(16)]
+    lengths = [40 + 11 * i for i in range(16)]  # they finish at different steps, some past the context
+    reqs = [engine.submit(model.tokenizer.encode(p), n, **s) for p, n, s in zip(prompts, lengths, SETTINGS)]
+    texts = [p + model.tokenizer.decode(r.result(timeout=60)) for p, r in zip(prompts, reqs)]
+    assert engine.steps <= max(lengths) + 2  # one step served them all: batched, not one after another
+    for text, p, n, s in zip(texts, prompts, lengths, SETTINGS):
+        assert text == model.generate_text(p, n, **s)
+
+
+def test_requests_join_the_running_batch(model):
+    engine = Engine(model, slots=8)
+    reqs = []
+    for i in range(8):  # each arrives while the earlier ones are mid-way
+        reqs.append(engine.submit(model.tokenizer.encode("ROMEO:"), 80, temperature=0.9, seed=i))
+        while len(reqs[-1].tokens) < 5 and not reqs[-1].done.is_set():
+            time.sleep(0.001)
+    for i, r in enumerate(reqs):
+        assert "ROMEO:" + model.tokenizer.decode(r.result(60)) == model.generate_text(
+            "ROMEO:", 80, temperature=0.9, seed=i
+        )
+
+
+@torch.inference_mode()
+def test_decode_rows_matches_decode_step_row_by_row(model):
+    """Rows at positions 3, 17 and 9: each attends to its own prefix only."""
+    engine = Engine(model, slots=3)  # only its cache is used here
+    ids = [torch.randint(0, 65, (1, n)) for n in (3, 17, 9)]
+    alone = []
+    for row, x in enumerate(ids):
+        cache = model._new_cache(1)
+        model(x, kv_cache=cache)
+        engine.k[:, row, :, : x.size(1)], engine.v[:, row, :, : x.size(1)] = (
+            cache.k[:, 0, :, : x.size(1)],
+            cache.v[:, 0, :, : x.size(1)],
+        )
+        alone.append(model.decode_step(torch.tensor([7]), cache))
+    batched = decode_rows(model, torch.tensor([7, 7, 7]), torch.tensor([3, 17, 9]), engine.k, engine.v)
+    torch.testing.assert_close(batched, torch.cat(alone), rtol=1e-5, atol=1e-5)
+
+
+def test_past_the_slots_requests_wait_in_order_then_the_line_is_full(model):
+    engine = Engine(model, slots=1, max_waiting=2)
+    ids = model.tokenizer.encode("ROMEO:")
+    first = engine.submit(ids, 10**6, temperature=1.0, seed=0)  # runs until cancelled
+    while not first.tokens:
+        time.sleep(0.001)
+    second, third = engine.submit(ids, 20, temperature=0), engine.submit(ids, 20, temperature=0)
+    assert (engine.position(first), engine.position(second), engine.position(third)) == (0, 1, 2)
+    with pytest.raises(EngineBusy, match="busy: all 1 slots are generating and 2 requests wait"):
+        engine.submit(ids, 20)
+    first.cancel()  # frees the slot: the line moves on, in order
+    assert len(second.result(timeout=30)) == 20 and len(third.result(timeout=30)) == 20
+    assert second.done.is_set() and engine.stats() == {"running": 0, "waiting": 0, "steps": engine.steps}
+    assert first.done.is_set() and len(first.tokens) < 10**6
+
+
+def test_cancel_frees_the_slot_for_the_next_request(model):
+    engine = Engine(model, slots=1, max_waiting=0)
+    ids = model.tokenizer.encode("ROMEO:")
+    running = engine.submit(ids, 10**6, temperature=0.8)
+    while not running.tokens:
+        time.sleep(0.001)
+    with pytest.raises(EngineBusy):
+        engine.submit(ids, 10)
+    running.cancel()
+    running.result(timeout=10)  # it stops
+    assert (
+        engine.submit(ids, 10, temperature=0).result(timeout=10)
+        == model.generate(model.encode_prompt("ROMEO:"), 10, temperature=0)[0, 6:].tolist()
+    )
+
+
+def test_a_waiting_request_that_is_cancelled_leaves_the_line(model):
+    engine = Engine(model, slots=1, max_waiting=1)
+    ids = model.tokenizer.encode("ROMEO:")
+    running = engine.submit(ids, 10**6)
+    waiting = engine.submit(ids, 10)
+    waiting.cancel()
+    engine.submit(ids, 10)  # the cancelled one no longer counts against the line
+    running.cancel()
+
+
+def test_bad_settings_are_refused_by_name(model):
+    engine = Engine(model, slots=1)
+    with pytest.raises(ValueError, match="temperature must be a number >= 0"):
+        engine.submit([1, 2], 10, temperature=-1)
+    with pytest.raises(ValueError, match="ids must hold at least one token"):
+        engine.submit([], 10)
+    with pytest.raises(ValueError, match="slots must be >= 1"):
+        Engine(model, slots=0)
+
+
+def test_the_cache_is_preallocated_for_every_slot(model):
+    c = model.config
+    engine = Engine(model, slots=5)
+    assert engine.k.shape == engine.v.shape == (c.n_layer, 5, c.n_head, c.block_size, c.n_embd // c.n_head)
