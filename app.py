@@ -135,7 +135,7 @@ def make_generate(model: GPT, engine: Engine):
         top_p = as_float(1.0 if top_p in (None, "") else top_p, "top-p", "in (0, 1]", lambda p: 0 < p <= 1)
         seed = as_int(seed, "seed", 0, MAX_SEED, allow_none=True)
 
-        prompt = str(prompt or " ")
+        prompt = str(prompt or "")
         if len(prompt) > MAX_PROMPT:  # a pasted book would only slow every streamed update down
             gr.Warning(
                 f"The prompt has {len(prompt):,} characters: only its last {MAX_PROMPT:,} are kept "
@@ -145,12 +145,13 @@ def make_generate(model: GPT, engine: Engine):
         unknown = tok.unknown_chars(prompt)
         if unknown:
             gr.Warning(f"Not in the model's vocabulary, left out: {' '.join(repr(ch) for ch in unknown)}")
-        text = "".join(ch for ch in prompt if ch in tok.stoi) or " "  # what the model really sees
+        ids = model.encode_prompt(prompt, errors="drop")[0].tolist()  # the model's rules: unknown out, empty = a space
+        text = tok.decode(ids)  # what the model really sees
 
         loop, wake = asyncio.get_running_loop(), asyncio.Event()
         try:
             req = engine.submit(
-                tok.encode(text),
+                ids,
                 n,
                 temperature=temperature,
                 top_k=top_n if top_n and top_n > 0 else None,

@@ -93,7 +93,7 @@ class CharTokenizer:
             shown = ", ".join(repr(ch) for ch in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
             raise ValueError(
                 f"{len(unknown)} character(s) not in the model's vocabulary of {len(self)}: {shown}. "
-                "Remove them, or encode with errors='drop' or errors='replace'."
+                f"Remove them (the model knows only these: {self.vocab!r}), or encode with errors='drop' or 'replace'."
             )
         if errors == "replace":
             if replacement is None:

@@ -11,7 +11,6 @@ text, and the first of several samples is the text --num-samples 1 gives.
 """
 
 import argparse
-import contextlib
 import sys
 from dataclasses import dataclass, field, fields
 
@@ -55,16 +54,10 @@ def sample(cfg: SampleConfig) -> None:
     if cfg.num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {cfg.num_samples}")
     device = pick_device(cfg.device)
-    with contextlib.redirect_stdout(sys.stderr):  # huggingface_hub prints "Loading weights..."; stdout is the text
-        model = load_model(cfg.model, device)
+    model = load_model(cfg.model, device)
     print(f"{cfg.model}: {model.num_params() / 1e6:.2f}M parameters on {device}", file=sys.stderr)
     prompt = cfg.prompt or model.tokenizer.start_text
-    unknown = model.tokenizer.unknown_chars(prompt)
-    if unknown:
-        raise ValueError(
-            f"the prompt has {len(unknown)} character(s) the model never saw: {', '.join(map(repr, unknown))}. "
-            f"Remove them; the model knows only these {len(model.tokenizer)}: {model.tokenizer.vocab!r}"
-        )
+    model.tokenizer.encode(prompt)  # the tokenizer names any character outside the vocabulary, before any output
     # one stream of random numbers through all the samples, so the seed fixes every one of them
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator)
