@@ -12,10 +12,11 @@ text, and the first of several samples is the text --num-samples 1 gives.
 
 import argparse
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 import torch
 
+from cli import add_flags, arg
 from machine import pick_device
 from model_gpt2 import check_sampling, load_model
 
@@ -24,27 +25,22 @@ from model_gpt2 import check_sampling, load_model
 class SampleConfig:
     """Every field is a command-line flag: --max-new-tokens, --top-k, ..."""
 
-    model: str = field(default="out", metadata={"help": "folder written by train_gpt2.py, or a Hub repo id ORG/NAME"})
-    prompt: str = field(
-        default="", metadata={"help": "text the samples continue (empty: a new line, or a space if the text had none)"}
-    )
-    max_new_tokens: int = field(default=500, metadata={"help": "characters to generate per sample"})
-    temperature: float = field(default=0.8, metadata={"help": "0 = greedy (always the most likely character)"})
-    top_k: int = field(default=0, metadata={"help": "keep only the k most likely characters (0 = all)"})
-    top_p: float = field(
-        default=1.0, metadata={"help": "keep the fewest characters whose probability reaches p (1 = all)"}
-    )
-    seed: int = field(default=1337, metadata={"help": "random seed: the same seed gives the same text"})
-    num_samples: int = field(default=1, metadata={"help": "samples to generate, one after another"})
-    device: str = field(default="auto", metadata={"help": "auto = cuda > mps > cpu"})
+    model: str = arg("out", "folder written by train_gpt2.py, or a Hub repo id ORG/NAME")
+    prompt: str = arg("", "text the samples continue (empty: a new line, or a space if the text had none)")
+    max_new_tokens: int = arg(500, "characters to generate per sample")
+    temperature: float = arg(0.8, "0 = greedy (always the most likely character)")
+    top_k: int = arg(0, "keep only the k most likely characters (0 = all)")
+    top_p: float = arg(1.0, "keep the fewest characters whose probability reaches p (1 = all)")
+    seed: int = arg(1337, "random seed: the same seed gives the same text")
+    num_samples: int = arg(1, "samples to generate, one after another")
+    device: str = arg("auto", "auto = cuda > mps > cpu")
 
 
 def parse_args(argv=None) -> SampleConfig:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    for f in fields(SampleConfig):
-        ap.add_argument("--" + f.name.replace("_", "-"), type=f.type, default=f.default, help=f.metadata["help"])
+    add_flags(ap, SampleConfig)
     return SampleConfig(**vars(ap.parse_args(argv)))
 
 
