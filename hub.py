@@ -31,15 +31,18 @@ import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
+from dataclasses import fields
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
 
-from model_gpt2 import GPT, REPO_ID, load_model
+from model_gpt2 import GPT, GPT2_NAMES, REPO_ID, GPTConfig, load_model
 
 ROOT = Path(__file__).resolve().parent
+# the architecture in the card's table: GPTConfig's fields under their names in config.json
+ARCH_KEYS = [GPT2_NAMES.get(f.name, f.name) for f in fields(GPTConfig)]
 MODEL_FILES = (
     "config.json",
     "model.safetensors",
@@ -102,7 +105,7 @@ def render_model_card(config: dict, out_dir: Path, sample: str | None = None, re
         val = f"| validation loss (estimate on {batches} of the validation split) | {info['val_loss']:.4f} |"
     else:
         val = "| validation loss | not measured |"
-    arch = [(k, config[k]) for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "resid_pdrop", "bias")]
+    arch = [(k, config[k]) for k in ARCH_KEYS]
     train_keys = ("batch_size", "grad_accum_steps", "learning_rate", "min_lr", "warmup_iters", "max_iters",
                   "weight_decay", "beta1", "beta2", "grad_clip", "eval_interval", "eval_iters", "seed")  # fmt: skip
     settings = arch + [("parameters", f"{n_params:,}")] + [(k, tc[k]) for k in train_keys if k in tc]

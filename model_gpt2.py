@@ -419,8 +419,8 @@ class GPT(nn.Module):
         return {
             "model_type": "gpt2",
             "architectures": ["GPT2LMHeadModel"],
-            **{GPT2_NAMES.get(f.name, f.name): getattr(c, f.name) for f in fields(GPTConfig) if f.name != "dropout"},
-            **dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), c.dropout),
+            **{GPT2_NAMES.get(f.name, f.name): getattr(c, f.name) for f in fields(GPTConfig)},
+            **dict.fromkeys(("embd_pdrop", "attn_pdrop"), c.dropout),  # GPT-2 names each dropout; ours is one
             **GPT2_FIXED,
             # a character model has no begin/end/padding token; transformers' defaults (50256) don't exist here
             "bos_token_id": None,
@@ -481,7 +481,8 @@ class GPT(nn.Module):
 # GPT-2 stores these four as Conv1D, i.e. transposed: (in_features, out_features). attn.c_proj is square, so a
 # forgotten transpose would load without a shape error and be silently wrong.
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-GPT2_NAMES = {"block_size": "n_positions"}  # GPTConfig field -> its name in a transformers GPT-2 config.json
+# GPTConfig field -> its name in a transformers GPT-2 config.json (the others have the same name)
+GPT2_NAMES = {"block_size": "n_positions", "dropout": "resid_pdrop"}
 GPT2_FIXED = {  # what our architecture always is, in transformers' terms
     "activation_function": "gelu_new",  # the tanh approximation of GELU
     "layer_norm_epsilon": 1e-5,
@@ -541,8 +542,6 @@ def config_from_json(path) -> tuple[GPTConfig, str, dict, bool]:
             if key in d and d[key] != want and not (key == "n_inner" and d[key] == 4 * d.get("n_embd", 0)):
                 raise ValueError(f"{path}: {key} is {d[key]!r}; model_gpt2 builds only {key} = {want!r}")
     keys = {f.name: f.name if legacy else GPT2_NAMES.get(f.name, f.name) for f in fields(GPTConfig)}
-    if not legacy:
-        keys["dropout"] = "resid_pdrop"
     missing = [k for k in [*keys.values(), "vocab"] if d.get(k) is None]
     if missing:
         raise ValueError(

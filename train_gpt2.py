@@ -51,7 +51,10 @@ from model_gpt2 import (
     readable_safetensors,
 )
 
-ARCH_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
+# the architecture's flags are GPTConfig's fields (the vocabulary's size comes from the data); a resumed run
+# must keep all but dropout, which only training uses
+ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size")
+FIXED_ON_RESUME = tuple(name for name in ARCH_FIELDS if name != "dropout")
 
 
 @dataclass
@@ -196,11 +199,9 @@ def config_from_preset(preset: str | None = None, **overrides) -> TrainConfig:
 
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
+    """The GPTConfig that cfg's architecture flags describe, for a vocabulary of vocab_size characters."""
     try:
-        return GPTConfig(
-            block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-            n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
-        )  # fmt: skip
+        return GPTConfig(vocab_size=vocab_size, **{name: getattr(cfg, name) for name in ARCH_FIELDS})
     except ValueError as e:
         raise ConfigError(f"{e} (set with --{str(e).split()[0].replace('_', '-')})") from e
 
@@ -540,7 +541,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
         saved = resume_meta["config"]
         changed = [
             f"--{k.replace('_', '-')} (saved {saved[k]}, given {getattr(cfg, k)})"
-            for k in ARCH_FIELDS
+            for k in FIXED_ON_RESUME
             if saved[k] != getattr(cfg, k)
         ]
         if changed:
