@@ -243,20 +243,34 @@ def bench_vs_nanogpt(device, data, vocab_size, data_dir, checkout, quick) -> dic
     """Our step and nanoGPT's train.py at its CPU configuration, in this run, in turns: ours, then
     nanoGPT's, three times; the ratio is taken turn by turn and the median reported, so a change
     in a shared machine's load moves both sides of a ratio. Medians of per-step times; nanoGPT's
-    first 5 iterations (warm-up, its evaluation at iteration 0) are left out."""
+    first 5 iterations (warm-up, its evaluation at iteration 0) are left out. The full run also
+    times our --compile step in each turn (compiled once, before the turns: compile_seconds)."""
     if checkout is None or device != "cpu":
         return None
     steps, turns = (10, 1) if quick else (50, 3)
     cfg = config_from_preset("cpu", device=device, **NANOGPT_CPU)
-    ours, theirs = [], []
+    compiled, compile_s = None, None
+    if not quick:
+        t0 = time.perf_counter()
+        compiled = Trainer(
+            config_from_preset("cpu", device=device, **NANOGPT_CPU, compile=True), data, vocab_size, device
+        )
+        compiled.step()
+        compile_s = time.perf_counter() - t0
+    ours, theirs, ours_compiled = [], [], []
     for _ in range(turns):
         ours.append(Trainer(cfg, data, vocab_size, device).ms_per_step(steps, warmup=5))
         theirs.append(statistics.median(run_nanogpt(Path(checkout), Path(data_dir), steps + 5)[5:]))
+        if compiled is not None:
+            ours_compiled.append(compiled.ms_per_step(steps, warmup=2))
     ratios = [a / b for a, b in zip(ours, theirs)]
+    compiled_ratios = [a / b for a, b in zip(ours_compiled, theirs)]
     return {
         "config": NANOGPT_CPU, "steps": steps, "ms_per_step": [round(x, 2) for x in ours],
         "nanogpt_ms_per_step": [round(x, 2) for x in theirs], "ratios": [round(x, 3) for x in ratios],
         "ratio": round(statistics.median(ratios), 3), "target_ratio": 0.85,
+        "compiled_ms_per_step": [round(x, 2) for x in ours_compiled], "compile_seconds": compile_s and round(compile_s, 1),
+        "compiled_ratio": round(statistics.median(compiled_ratios), 3) if compiled_ratios else None,
         "nanogpt_command": "python train.py config/train_shakespeare_char.py " + " ".join(nanogpt_flags(steps + 5)),
     }  # fmt: skip
 
@@ -423,6 +437,9 @@ def same_run_lines(r) -> list:
         turns = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(v["ms_per_step"], v["nanogpt_ms_per_step"]))
         lines += ["", f"vs nanoGPT's train.py, same run, its CPU config: ours/nanoGPT ms/step by turn {turns}; "
                   f"median ratio {v['ratio']:.2f} (target <= {v['target_ratio']})"]  # fmt: skip
+        if v["compiled_ratio"] is not None:
+            lines.append(f"  with --compile (compiling took {v['compile_seconds']:.0f} s, not counted): "
+                         + ", ".join(f"{x:.1f}" for x in v["compiled_ms_per_step"]) + f" ms/step, median ratio {v['compiled_ratio']:.2f}")  # fmt: skip
     elif r["device"] == "cpu":
         lines += ["", "vs nanoGPT's train.py: skipped (pass --nanogpt PATH, a checkout of karpathy/nanoGPT)"]
     for name, row in (c or {}).items():
