@@ -1,6 +1,7 @@
 """Benchmark training speed, generation speed and quality at a time budget on this machine.
 
-    python bench.py                          # everything: ~9 minutes on a 2-core CPU (3 training runs of ~2.5 minutes)
+    python bench.py                          # everything: over 10 minutes on a 2-core CPU (3 training runs of 3 minutes)
+    python bench.py --nanogpt ../nanoGPT     # also time nanoGPT's own train.py (a karpathy/nanoGPT checkout) in this run
     python bench.py --quick                  # a smoke check in 1-2 minutes (one training run cut to 1/10)
     python bench.py --device cuda --json bench.json      # on a GPU; the JSON also goes to a file
     python bench.py --threads 1              # torch.set_num_threads(1) first, to compare with the default
