@@ -50,6 +50,7 @@ from model_gpt2 import (
     load_model,
     readable_safetensors,
 )
+from muon import build_optimizers
 
 # the architecture's flags are GPTConfig's fields (the vocabulary's size comes from the data); a resumed run
 # must keep all but dropout, which only training uses
@@ -75,10 +76,17 @@ class TrainConfig:
     # optimisation
     batch_size: int = 12  # sequences per micro-batch per process
     grad_accum_steps: int = 1  # micro-batches per step, summed over all processes
+    optimizer: str = "adamw"  # adamw (every parameter) or muon (Muon for the blocks' matrices, AdamW for the rest)
     learning_rate: float = 1e-3  # peak learning rate
-    min_lr: float = 1e-4  # the cosine schedule ends here
+    min_lr: float = 1e-4  # the schedule ends here (Muon's ends at the same fraction of --muon-lr)
+    muon_lr: float = 0.02  # Muon's peak learning rate (--optimizer muon; --learning-rate is AdamW's)
+    muon_momentum: float = 0.95  # Muon's momentum (Nesterov)
+    muon_weight_decay: float = 0.0  # Muon's decoupled weight decay
+    schedule: str = "cosine"  # cosine (decay from the warmup's end) or wsd (constant, then linear to min_lr)
+    cooldown_frac: float = 0.4  # wsd: the last fraction of the steps decays linearly to min_lr
     warmup_iters: int = 100  # linear warmup steps
     max_iters: int = 2000  # optimizer steps in total
+    max_seconds: float = 0.0  # train for this long (at most --max-iters steps), ending the schedule in time; 0 = off
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -99,11 +107,14 @@ class TrainConfig:
 
 # Flags override the preset; the preset overrides the defaults above.
 PRESETS = {
-    # a small model that trains on a 2-core CPU in under 3 minutes (val loss ~1.64; tuned with bench.py):
-    # nanoGPT's CPU shape with twice the context, a bigger batch and a 4x higher learning rate
+    # a small model that trains on a 2-core CPU in 3 minutes (README, Results; tuned with bench.py): nanoGPT's CPU
+    # shape with twice the context and a bigger batch, Muon for the blocks' matrices, a constant learning rate
+    # then a linear cooldown; 1,600 steps sized for ~100 ms a step (a quiet 2-core Xeon); a slower or busier
+    # machine stops at 180 s with the cooldown done
     "cpu": dict(
-        n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0, batch_size=16,
-        learning_rate=4e-3, min_lr=4e-4, warmup_iters=100, max_iters=1800, eval_interval=300, eval_iters=20,
+        n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0, batch_size=16, optimizer="muon",
+        muon_lr=0.02, learning_rate=4e-3, min_lr=4e-4, schedule="wsd", cooldown_frac=0.4, warmup_iters=100,
+        max_iters=1600, max_seconds=180, eval_interval=400, eval_iters=20,
     ),
     # nanoGPT's shakespeare-char GPU recipe: 10.7M parameters
     "shakespeare-char": dict(
@@ -229,6 +240,7 @@ def check_config(cfg: TrainConfig, world_size: int) -> None:
         )
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"--dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
+    check_schedule_and_optimizer(cfg)
     if cfg.push_to_hub:  # fail now, not after hours of training
         from hub import HubError, check_repo_id, ready_to_upload
 
@@ -249,6 +261,19 @@ def check_memory(gpt_config: GPTConfig, cfg: TrainConfig, device: str) -> None:
         check_fits(gpt_config, device, True, cfg.batch_size, processes, what="this model", fix=fix)
     except ModelTooLargeError as e:
         raise ConfigError(str(e)) from None
+
+
+def check_schedule_and_optimizer(cfg: TrainConfig) -> None:
+    choices = {"optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"--{name} must be {' or '.join(allowed)}, got {getattr(cfg, name)!r}")
+    if not (cfg.muon_lr > 0 and 0 <= cfg.muon_momentum < 1 and cfg.muon_weight_decay >= 0):
+        raise ConfigError("need --muon-lr > 0, 0 <= --muon-momentum < 1 and --muon-weight-decay >= 0")
+    if not 0 <= cfg.cooldown_frac <= 1:
+        raise ConfigError(f"--cooldown-frac is a fraction of the steps, from 0 to 1; got {cfg.cooldown_frac}")
+    if not 0 <= cfg.max_seconds < math.inf:
+        raise ConfigError(f"--max-seconds must be >= 0 (0 = no time budget), got {cfg.max_seconds}")
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> None:
@@ -289,14 +314,43 @@ def make_batch(data: np.ndarray, starts: np.ndarray, block_size: int, device: st
     return xy[:, :-1], xy[:, 1:]
 
 
-def get_lr(it: int, cfg: TrainConfig) -> float:
-    """Linear warmup (non-zero at step 0), then cosine decay to min_lr at max_iters."""
+def lr_factor(it: int, cfg: TrainConfig, max_iters: int | None = None) -> float:
+    """The schedule as a fraction of each group's peak learning rate. Linear warmup (non-zero at
+    step 0), then cosine: decay to min_lr at max_iters; wsd: constant, then a linear cooldown whose
+    last step (max_iters - 1) runs at min_lr. max_iters: the run's length, --max-iters unless a time
+    budget set it."""
+    max_iters = cfg.max_iters if max_iters is None else max_iters
+    floor = cfg.min_lr / cfg.learning_rate
     if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-    if it >= cfg.max_iters:
-        return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+        return (it + 1) / (cfg.warmup_iters + 1)
+    if cfg.schedule == "wsd":
+        start = cooldown_start(cfg, max_iters)
+        if it < start:
+            return 1.0
+        return floor + (1 - floor) * max(0, max_iters - 1 - it) / max(1, max_iters - 1 - start)
+    if it >= max_iters:
+        return floor
+    ratio = (it - cfg.warmup_iters) / max(1, max_iters - cfg.warmup_iters)
+    return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (1 - floor)
+
+
+def get_lr(it: int, cfg: TrainConfig, max_iters: int | None = None) -> float:
+    """AdamW's learning rate at step it (Muon's is lr_factor x --muon-lr)."""
+    return cfg.learning_rate * lr_factor(it, cfg, max_iters)
+
+
+def cooldown_start(cfg: TrainConfig, max_iters: int) -> int:
+    """The first step whose learning rate depends on the run's length: a time budget may move
+    max_iters until then (wsd: the cooldown's start; cosine: the warmup's end)."""
+    if cfg.schedule == "wsd":
+        return max_iters - round(cfg.cooldown_frac * max_iters)
+    return cfg.warmup_iters
+
+
+def steps_in_budget(cfg: TrainConfig, step: int, spent: float, pace: float) -> int:
+    """The run's length that ends by --max-seconds: spent seconds so far, pace seconds per step."""
+    fit = step + int(max(0.0, cfg.max_seconds - spent) / max(pace, 1e-9))
+    return max(step + 1, min(cfg.max_iters, fit))
 
 
 @torch.no_grad()
@@ -398,22 +452,25 @@ def atomic_write_text(path: Path, text: str) -> None:
     _durable_replace(tmp, path)
 
 
-def save_resume_state(path: Path, model: GPT, optimizer, scaler, state: dict) -> None:
-    """Everything needed to continue exactly: weights, AdamW moments, RNG, and (as JSON) the rest.
-    Tensors in safetensors, the rest in its metadata: one file, replaced atomically, nothing pickled."""
+def _optim_prefix(i: int) -> str:
+    return "optim" if i == 0 else f"optim{i}"  # the first (AdamW) named as when it was the only one
+
+
+def save_resume_state(path: Path, model: GPT, optimizers, scaler, state: dict) -> None:
+    """Everything needed to continue exactly: weights, AdamW moments (and Muon's momentum), RNG, and
+    (as JSON) the rest. Tensors in safetensors, the rest in its metadata: one file, replaced
+    atomically, nothing pickled. optimizers: one optimizer or a list."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to wte
-    opt = optimizer.state_dict()
-    for pid, pstate in opt["state"].items():
-        for key, value in pstate.items():
-            tensors[f"optim.{pid}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    meta = {**state, "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+    for i, optimizer in enumerate(optimizers if isinstance(optimizers, list) else [optimizers]):
+        opt = optimizer.state_dict()
+        for pid, pstate in opt["state"].items():
+            for key, value in pstate.items():
+                tensors[f"{_optim_prefix(i)}.{pid}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        meta[f"{_optim_prefix(i).replace('optim', 'param_groups')}"] = opt["param_groups"]
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and next(model.parameters()).is_cuda:
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {
-        **state,
-        "param_groups": opt["param_groups"],
-        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-    }
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
@@ -446,16 +503,19 @@ def resume_advice(out_dir: Path) -> str:
     return f"{out_dir} holds no intact model either. " + fresh
 
 
-def restore_resume_state(tensors: dict, meta: dict, model: GPT, optimizer, scaler) -> None:
+def restore_resume_state(tensors: dict, meta: dict, model: GPT, optimizers, scaler) -> None:
+    """The saved weights, optimizer state, scaler and RNG into a model and optimizers built as saved.
+    Each optimizer keeps the settings it was built with (this run's flags: betas, weight decay...)."""
     sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     sd["lm_head.weight"] = sd["transformer.wte.weight"]
     model.load_state_dict(sd, strict=True)
-    opt_state = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, pid, key = k.split(".", 2)
-            opt_state.setdefault(int(pid), {})[key] = v
-    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+    for i, optimizer in enumerate(optimizers if isinstance(optimizers, list) else [optimizers]):
+        opt_state = {}
+        for k, v in tensors.items():
+            if k.startswith(_optim_prefix(i) + "."):
+                _, pid, key = k.split(".", 2)
+                opt_state.setdefault(int(pid), {})[key] = v
+        optimizer.load_state_dict({"state": opt_state, "param_groups": optimizer.state_dict()["param_groups"]})
     if meta.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(meta["scaler"])
     torch.set_rng_state(tensors["rng.cpu"])
@@ -548,6 +608,11 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
             raise ConfigError(
                 f"--resume: the run in {out_dir} has a different architecture: {', '.join(changed)}. Pass the saved values or choose another --out-dir."
             )
+        if saved.get("optimizer", "adamw") != cfg.optimizer:
+            raise ConfigError(
+                f"--resume: the run in {out_dir} was trained with --optimizer {saved.get('optimizer', 'adamw')}; "
+                f"its saved state does not fit {cfg.optimizer}. Drop --optimizer, or start a new run in another --out-dir."
+            )
         if resume_meta["vocab"] != meta["vocab"]:
             raise ConfigError(
                 f"--resume: the data in {cfg.data_dir} has a different vocabulary ({meta['vocab_size']} characters) "
@@ -577,16 +642,17 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
     torch.manual_seed(cfg.seed)  # same initial weights on every process
     model = GPT(gpt_config, vocab=meta["vocab"])
     model.to(device)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    optimizers = build_optimizers(model, cfg, device_type)  # [AdamW] or [AdamW, Muon]
     start_step, best_val, bad_steps = 0, float("inf"), 0
+    max_iters, spent_before = cfg.max_iters, 0.0  # a time budget moves max_iters until the cooldown starts
     if resume_meta is not None:
-        restore_resume_state(resume_tensors, resume_meta, model, optimizer, scaler)
-        for group in optimizer.param_groups:  # the optimizer's saved settings yield to this run's flags
-            group["betas"] = (cfg.beta1, cfg.beta2)
-        optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # group 1 (biases, LayerNorms): never
+        restore_resume_state(resume_tensors, resume_meta, model, optimizers, scaler)
         start_step, best_val = resume_meta["step"], resume_meta["best_val_loss"]
         if not readable_safetensors(out_dir / "model.safetensors"):  # lost or damaged: the next evaluation rewrites it
             best_val = float("inf")
+        if cfg.max_seconds > 0:
+            max_iters = min(cfg.max_iters, resume_meta.get("max_iters", cfg.max_iters))
+            spent_before = resume_meta.get("train_seconds", 0.0)
         if rank:  # only rank 0's dropout RNG was saved; the others restart theirs deterministically
             torch.manual_seed(cfg.seed + 7919 * rank + start_step)
     else:
@@ -622,7 +688,9 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
             f"= {tokens_per_step:,} tokens/step"
         )
         log.print(f"model: {raw_model.num_params() / 1e6:.2f}M parameters, {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} dim; "
-                  f"{'resuming at step ' + str(start_step) if cfg.resume else 'starting'} -> {cfg.max_iters} steps")  # fmt: skip
+                  f"{'resuming at step ' + str(start_step) if cfg.resume else 'starting'} -> {cfg.max_iters} steps"
+                  + (f" or {cfg.max_seconds:g} s of training" if cfg.max_seconds > 0 else "")
+                  + f"; {cfg.optimizer}, {cfg.schedule} schedule")  # fmt: skip
         if resume_meta is not None:
             saved = resume_meta["config"]
             changed = [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in asdict(cfg).items()
@@ -643,6 +711,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
             "config": asdict(cfg),
             "vocab": meta["vocab"],
             "world_size": world,
+            "max_iters": max_iters,
+            "train_seconds": spent_before + time.perf_counter() - t_start,
         }
 
     def evaluate(step):
@@ -653,7 +723,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
             "step": step,
             "train_loss": losses["train"],
             "val_loss": losses["val"],
-            "lr": get_lr(step, cfg),
+            "lr": get_lr(step, cfg, max_iters),
             "tokens_per_sec": None,
             "saved": saved,
         }
@@ -665,7 +735,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
             if saved:
                 save_best_model(raw_model, out_dir)
             if finite:  # non-finite losses mean broken weights: keep the last good state to resume from
-                save_resume_state(out_dir / "resume.safetensors", raw_model, optimizer, scaler, state(step))
+                save_resume_state(out_dir / "resume.safetensors", raw_model, optimizers, scaler, state(step))
             else:
                 warnings.warn(f"step {step}: evaluation is not finite; resume.safetensors kept as it was", stacklevel=1)
         log.record(rec)
@@ -675,7 +745,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
         resume = out_dir / "resume.safetensors"
         if master:
             if finite:
-                save_resume_state(resume, raw_model, optimizer, scaler, state(step))
+                save_resume_state(resume, raw_model, optimizers, scaler, state(step))
             plot_losses(out_dir)
         name = signal.Signals(signum).name
         if not resume.is_file():  # a non-finite first step: nothing good to save
@@ -701,10 +771,23 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
     step = start_step
     signals, restore_signals = catch_stop_signals()
     try:
-        while step < cfg.max_iters:
-            lr = get_lr(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+        while step < max_iters:
+            factor = lr_factor(step, cfg, max_iters)
+            if cfg.max_seconds > 0:
+                seconds = time.perf_counter() - t_start
+                if ddp:  # every process takes the slowest one's clock, so that all stop at the same step
+                    t = torch.tensor([seconds], dtype=torch.float64, device=device)
+                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                    seconds = t.item()
+                pace = seconds / (step - start_step) if step > start_step else 0.0  # evaluations included
+                max_iters = fit_to_budget(cfg, step, max_iters, spent_before + seconds, pace)
+                if step >= max_iters:  # resumed with no time left
+                    break
+                factor = min(lr_factor(step, cfg, max_iters), budget_factor(cfg, spent_before + seconds))
+            lr = cfg.learning_rate * factor  # AdamW's; each group's is its peak_lr x factor
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = group["peak_lr"] * factor
             loss_sum = torch.zeros((), device=device)
             for micro in range(accum):
                 global_micro = rank * accum + micro  # process r takes micro-batches r*accum ... r*accum+accum-1
@@ -727,11 +810,12 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
             finite = bool(torch.isfinite(loss_sum))  # one host sync per step; GradScaler's step syncs anyway
             if finite:
                 bad_steps = 0
-                clip_and_step(raw_model, optimizer, scaler, cfg.grad_clip)
+                clip_and_step(raw_model, optimizers, scaler, cfg.grad_clip)
                 tokens_since += tokens_per_step
             else:  # skip the update; the step still counts, and its evaluation (if due) still runs
                 bad_steps += 1
-                optimizer.zero_grad(set_to_none=True)
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
                 warnings.warn(
                     f"step {step}: non-finite loss ({loss_sum.item()}), update skipped ({bad_steps} in a row)",
                     stacklevel=1,
@@ -740,7 +824,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
                     raise FloatingPointError(divergence_message(out_dir, step, bad_steps))
             step += 1
             log.advance()
-            if finite and (step % cfg.log_interval == 0 or step == cfg.max_iters):
+            if finite and (step % cfg.log_interval == 0 or step == max_iters):
                 dt = time.perf_counter() - t0
                 n_steps = tokens_since // tokens_per_step
                 log.record(
@@ -753,7 +837,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
                     }
                 )
                 t0, tokens_since = time.perf_counter(), 0
-            if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+            if step % cfg.eval_interval == 0 or step == max_iters:
                 t_eval = time.perf_counter()
                 evaluate(step)
                 t0 += time.perf_counter() - t_eval  # evaluation time is not training throughput
@@ -849,18 +933,50 @@ def resume_command(cfg: TrainConfig, world: int) -> str:
     return launcher + " ".join([shlex.quote(script), *flags])
 
 
-def clip_and_step(model, optimizer, scaler, grad_clip: float):
+def clip_and_step(model, optimizers, scaler, grad_clip: float):
     """Unscale, clip, step, zero; returns the true (unscaled) gradient norm before clipping (None if off).
+    optimizers: one optimizer or a list (AdamW and Muon), stepped together.
 
-    With fp16 the gradients are multiplied by the GradScaler's scale; unscale_ first so that
-    clipping compares the real norm with grad_clip. scaler.step skips the update when the
+    With fp16 the gradients are multiplied by the GradScaler's scale; unscale_ every optimizer first
+    so that clipping compares the real norm with grad_clip. scaler.step skips the update when the
     scaled gradients overflowed (and update() then lowers the scale)."""
-    scaler.unscale_(optimizer)
+    optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+    for opt in optimizers:
+        scaler.unscale_(opt)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else None
-    scaler.step(optimizer)
+    for opt in optimizers:
+        scaler.step(opt)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
     return norm
+
+
+def fit_to_budget(cfg: TrainConfig, step: int, max_iters: int, spent: float, pace: float) -> int:
+    """The run's length under --max-seconds, before step `step`, `spent` seconds in, at `pace`
+    seconds per step (0: not measured yet). Until the cooldown starts it follows the pace; then it
+    stays, so the schedule ends cooled on the step it planned. If the machine slows down after
+    that, the run ends on the last step that still fits (budget_factor has cooled it by then)."""
+    if spent >= cfg.max_seconds:
+        return step
+    if pace == 0:
+        return max_iters
+    if spent + 2 * pace > cfg.max_seconds:  # no step fits after this one
+        return step + 1
+    if step >= max(cooldown_start(cfg, max_iters), 10):  # (10 steps at least, to measure a pace)
+        return max_iters
+    return steps_in_budget(cfg, step, spent, pace)
+
+
+def budget_factor(cfg: TrainConfig, spent: float) -> float:
+    """The time budget's own cooldown: a ceiling on lr_factor that falls linearly to min_lr over the
+    budget's last cooldown_frac. On a steady machine it runs about a step behind the planned
+    cooldown, so the planned one rules; on one slowing down, this one ends the run cooled in time."""
+    floor = cfg.min_lr / cfg.learning_rate
+    span, left = cfg.cooldown_frac * cfg.max_seconds, cfg.max_seconds - spent
+    if left >= span:
+        return 1.0
+    return floor + (1 - floor) * max(0.0, left) / span
 
 
 def compile_or_eager(model):

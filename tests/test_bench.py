@@ -49,6 +49,8 @@ def test_quick_bench_prints_one_json_document_and_a_table(prepared_data, tmp_pat
     assert len(quality["runs"]) == 1
     assert quality["runs"][0]["best_val_loss"] < math.log(65)  # it learned something in 1/10 of the schedule
 
+    assert result["vs_nanogpt"] is None and "vs nanoGPT's train.py: skipped (pass --nanogpt PATH" in proc.stderr
+    assert result["compile"] is None  # --quick leaves out the compiler's minutes
     for heading in ("training", "nanoGPT CPU config", "generation", "quality: cpu preset"):
         assert heading in proc.stderr
 
