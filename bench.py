@@ -35,19 +35,9 @@ import numpy as np
 import torch
 
 from data.prepare import load_meta, load_split
-from machine import autocast_context, enable_tf32, hardware_name, pick_device, pick_dtype, sync
+from machine import enable_tf32, hardware_name, pick_device, pick_dtype, sync
 from model_gpt2 import GPT
-from muon import build_optimizers
-from train_gpt2 import (
-    PRESETS,
-    batch_starts,
-    clip_and_step,
-    compile_or_eager,
-    config_from_preset,
-    make_batch,
-    model_config,
-    train,
-)
+from train_gpt2 import PRESETS, Machine, build_trainer, config_from_preset, lr_factor, model_config, train, train_step
 
 NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, optimizer="adamw")
 SHAKESPEARE_CHAR = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)  # nanoGPT's 10.7M model
@@ -83,41 +73,27 @@ def flops_per_token(model: GPT) -> int:
     return 6 * model.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * c.block_size
 
 
-class Trainer:
-    """train_gpt2.train()'s step (forward, backward, clip, AdamW or Muon) on its batches, without its evaluations."""
+class StepTimer:
+    """train_gpt2's own training step (train_step: micro-batches, unscale, clip, AdamW or Muon at the
+    schedule's learning rate) on a new model, timed: a change to the step is measured as it is made."""
 
-    def __init__(self, cfg, data, vocab_size, device):
-        torch.manual_seed(0)
-        self.cfg, self.data, self.device, self.n = cfg, data, device, 0
-        dtype = pick_dtype(device, cfg.dtype)
-        self.autocast = autocast_context(device, dtype)
-        self.scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
-        self.model = GPT(model_config(cfg, vocab_size)).to(device).train()
-        self.opts = build_optimizers(self.model, cfg, device.split(":")[0])
-        self.forward = compile_or_eager(self.model) if cfg.compile else self.model
+    def __init__(self, cfg, data, vocab, device):
+        machine = Machine(ddp=False, rank=0, world=1, device=device, dtype=pick_dtype(device, cfg.dtype))
+        self.trainer, self.device, self.n = build_trainer(cfg, machine, data, vocab), device, 0
+        self.model = self.trainer.model
 
     def step(self, phases=None):
         """One optimizer step; with a dict `phases`, add each phase's seconds to it (syncing a GPU)."""
-        cfg, t = self.cfg, time.perf_counter()
+        t = time.perf_counter()
 
         def mark(name):
             nonlocal t
-            if phases is not None:
-                sync(self.device)
-                phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
-                t = time.perf_counter()
+            sync(self.device)
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
+            t = time.perf_counter()
 
-        for micro in range(cfg.grad_accum_steps):
-            starts = batch_starts(len(self.data), cfg.block_size, cfg.batch_size, [cfg.seed, self.n, micro])
-            x, y = make_batch(self.data, starts, cfg.block_size, self.device)
-            mark("data")
-            with self.autocast:
-                loss = self.forward(x, y)[1] / cfg.grad_accum_steps
-            mark("forward")
-            self.scaler.scale(loss).backward()
-            mark("backward")
-        clip_and_step(self.model, self.opts, self.scaler, cfg.grad_clip)
-        mark("optimizer")
+        cfg = self.trainer.cfg
+        train_step(self.trainer, self.n, lr_factor(self.n, cfg), mark if phases is not None else None)
         self.n += 1
 
     def ms_per_step(self, steps, warmup=2) -> float:
@@ -127,13 +103,13 @@ class Trainer:
         return 1000 * statistics.median(timed(self.device, self.step) for _ in range(steps))
 
 
-def bench_training(device, data, vocab_size, peak, quick) -> dict:
+def bench_training(device, data, vocab, peak, quick) -> dict:
     """Each preset's real training step. On a CPU the big presets run at batch 1 (full batches take minutes)."""
     out = {}
     for name in PRESETS:
         reduced = device == "cpu" and name != "cpu"
         cfg = config_from_preset(name, device=device, **(dict(batch_size=1, grad_accum_steps=1) if reduced else {}))
-        tr = Trainer(cfg, data, vocab_size, device)
+        tr = StepTimer(cfg, data, vocab, device)
         steps = 2 if reduced and name == "gpt2-124m" else 5 if quick else 20
         ms = tr.ms_per_step(steps, warmup=1 if reduced else 3)
         tokens_per_sec = 1000 * cfg.batch_size * cfg.grad_accum_steps * cfg.block_size / ms
@@ -146,7 +122,7 @@ def bench_training(device, data, vocab_size, peak, quick) -> dict:
     return out
 
 
-def op_times(tr: Trainer, steps=5) -> dict:
+def op_times(tr: StepTimer, steps=5) -> dict:
     """ms per step of a CPU profile's op self times, summed by kind."""
     by_kind = dict.fromkeys(["matmul", "attention", "optimizer", "other"], 0.0)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -165,9 +141,9 @@ def op_times(tr: Trainer, steps=5) -> dict:
     return {k: round(v, 2) for k, v in by_kind.items()}
 
 
-def bench_nanogpt_cpu(device, data, vocab_size, peak, quick) -> dict:
+def bench_nanogpt_cpu(device, data, vocab, peak, quick) -> dict:
     """nanoGPT's CPU configuration: time per step, and where that time goes."""
-    tr = Trainer(config_from_preset("cpu", device=device, **NANOGPT_CPU), data, vocab_size, device)
+    tr = StepTimer(config_from_preset("cpu", device=device, **NANOGPT_CPU), data, vocab, device)
     steps, tokens = (10 if quick else 40), NANOGPT_CPU["batch_size"] * NANOGPT_CPU["block_size"]
     ms = tr.ms_per_step(steps, warmup=5)
     phases = {}
@@ -176,7 +152,7 @@ def bench_nanogpt_cpu(device, data, vocab_size, peak, quick) -> dict:
     # the same model on 1 x 8 tokens has almost no arithmetic left: what remains is the fixed cost
     # of a step (op dispatch, autograd bookkeeping, the optimizer's per-tensor work)
     tiny = config_from_preset("cpu", device=device, **{**NANOGPT_CPU, "batch_size": 1, "block_size": 8})
-    fixed_ms = Trainer(tiny, data, vocab_size, device).ms_per_step(steps, warmup=5)
+    fixed_ms = StepTimer(tiny, data, vocab, device).ms_per_step(steps, warmup=5)
     notes = (
         f"{fixed_ms:.1f} of {ms:.1f} ms per step is fixed cost (the same step on 1 x 8 tokens): op dispatch, autograd "
         "and the optimizer's per-tensor work."
@@ -235,7 +211,7 @@ def run_nanogpt(checkout: Path, data_dir: Path, iters: int) -> list:
     return [float(ms) for ms in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", proc.stdout, re.M)]
 
 
-def bench_vs_nanogpt(device, data, vocab_size, data_dir, checkout, quick) -> dict | None:
+def bench_vs_nanogpt(device, data, vocab, data_dir, checkout, quick) -> dict | None:
     """Our step and nanoGPT's train.py at its CPU configuration, in this run, in turns: ours, then
     nanoGPT's, three times; the ratio is taken turn by turn and the median reported, so a change
     in a shared machine's load moves both sides of a ratio. Medians of per-step times; nanoGPT's
@@ -248,14 +224,12 @@ def bench_vs_nanogpt(device, data, vocab_size, data_dir, checkout, quick) -> dic
     compiled, compile_s = None, None
     if not quick:
         t0 = time.perf_counter()
-        compiled = Trainer(
-            config_from_preset("cpu", device=device, **NANOGPT_CPU, compile=True), data, vocab_size, device
-        )
+        compiled = StepTimer(config_from_preset("cpu", device=device, **NANOGPT_CPU, compile=True), data, vocab, device)
         compiled.step()
         compile_s = time.perf_counter() - t0
     ours, theirs, ours_compiled = [], [], []
     for _ in range(turns):
-        ours.append(Trainer(cfg, data, vocab_size, device).ms_per_step(steps, warmup=5))
+        ours.append(StepTimer(cfg, data, vocab, device).ms_per_step(steps, warmup=5))
         theirs.append(statistics.median(run_nanogpt(Path(checkout), Path(data_dir), steps + 5)[5:]))
         if compiled is not None:
             ours_compiled.append(compiled.ms_per_step(steps, warmup=2))
@@ -271,7 +245,7 @@ def bench_vs_nanogpt(device, data, vocab_size, data_dir, checkout, quick) -> dic
     }  # fmt: skip
 
 
-def bench_compile(device, data, vocab_size, quick) -> dict | None:
+def bench_compile(device, data, vocab, quick) -> dict | None:
     """--compile's cost (seconds to compile, as train_gpt2.py does: compile_or_eager, then the first
     batch) and gain (ms per step) against eager, at nanoGPT's CPU configuration and the cpu preset.
     Eager and compiled steps are timed in turns (three each), so a shared machine's load moves both."""
@@ -279,11 +253,9 @@ def bench_compile(device, data, vocab_size, quick) -> dict | None:
         return None
     out = {}
     for name, overrides in (("nanogpt_cpu", NANOGPT_CPU), ("cpu", {})):
-        eager = Trainer(config_from_preset("cpu", device=device, **overrides), data, vocab_size, device)
+        eager = StepTimer(config_from_preset("cpu", device=device, **overrides), data, vocab, device)
         t0 = time.perf_counter()
-        compiled = Trainer(
-            config_from_preset("cpu", device=device, **overrides, compile=True), data, vocab_size, device
-        )
+        compiled = StepTimer(config_from_preset("cpu", device=device, **overrides, compile=True), data, vocab, device)
         compiled.step()  # the real batch's shape compiles here
         compile_s = time.perf_counter() - t0
         times = {"eager": [], "compiled": []}
@@ -768,10 +740,10 @@ def main(argv=None) -> int:
         "device": device, "hardware": hardware_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "load_avg_1min": round(os.getloadavg()[0], 2), "quick": args.quick,
         "peak_dtype": str(peak_dtype).removeprefix("torch."), "peak_gflops": round(peak / 1e9, 1),
-        "training": bench_training(device, data, meta["vocab_size"], peak, args.quick),
-        "nanogpt_cpu": bench_nanogpt_cpu(device, data, meta["vocab_size"], peak, args.quick),
-        "vs_nanogpt": bench_vs_nanogpt(device, data, meta["vocab_size"], args.data_dir, args.nanogpt, args.quick),
-        "compile": bench_compile(device, data, meta["vocab_size"], args.quick),
+        "training": bench_training(device, data, meta["vocab"], peak, args.quick),
+        "nanogpt_cpu": bench_nanogpt_cpu(device, data, meta["vocab"], peak, args.quick),
+        "vs_nanogpt": bench_vs_nanogpt(device, data, meta["vocab"], args.data_dir, args.nanogpt, args.quick),
+        "compile": bench_compile(device, data, meta["vocab"], args.quick),
         "generation": bench_generation(device, meta["vocab"], args.quick),
         "quality": bench_quality(device, args.data_dir, args.quick),
         "browser": bench_browser(meta["vocab"]) if args.browser else None,

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import warnings
-from contextlib import nullcontext, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data.prepare import DataError, load_meta, load_split
+from hub import HubError, check_repo_id, push_model, ready_to_upload, render_model_card
 from machine import DeviceError, autocast_context, enable_tf32, hardware_name, pick_device, pick_dtype
 from model_gpt2 import (
     GPT,
@@ -242,8 +243,6 @@ def check_config(cfg: TrainConfig, world_size: int) -> None:
         raise ConfigError(f"--dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
     check_schedule_and_optimizer(cfg)
     if cfg.push_to_hub:  # fail now, not after hours of training
-        from hub import HubError, check_repo_id, ready_to_upload
-
         try:
             check_repo_id(cfg.push_to_hub, "--push-to-hub")
             ready_to_upload(None)
@@ -424,8 +423,6 @@ def save_best_model(model: GPT, out_dir: Path) -> None:
     tmp = out_dir / ".tmp-model"
     tmp.mkdir(exist_ok=True)
     model.save_pretrained(tmp)
-    from hub import render_model_card
-
     (tmp / "README.md").write_text(render_model_card(model.hub_config(), out_dir), encoding="utf-8")
     _replace_into(
         tmp, out_dir, ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md", "config.json"]
@@ -440,8 +437,6 @@ def update_model_info(out_dir: Path, **info) -> None:
     path = out_dir / "config.json"
     config = json.loads(path.read_text())
     config["train_info"] = {**config.get("train_info", {}), **info}
-    from hub import render_model_card
-
     atomic_write_text(out_dir / "README.md", render_model_card(config, out_dir))
     atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True))
 
@@ -530,9 +525,10 @@ class Logger:
     """A tqdm bar on a terminal, plain lines otherwise; every record also goes to metrics.jsonl."""
 
     def __init__(self, cfg: TrainConfig, out_dir: Path, start_step: int, enabled: bool, progress: bool | None):
-        self.enabled = enabled
+        self.enabled, self.cfg, self.start_step = enabled, cfg, start_step
         self.path = out_dir / "metrics.jsonl"
         self.bar = None
+        self.t0, self.steps_since = time.perf_counter(), 0  # training throughput since the last log line
         if not enabled:
             return
         if progress is None:
@@ -561,9 +557,26 @@ class Logger:
                 f"step {rec['step']}: loss {rec['train_loss']:.4f}, lr {rec['lr']:.2e}, {rec['tokens_per_sec']:,.0f} tokens/s, {rec['ms_per_step']:.1f} ms/step"
             )
 
-    def advance(self, n=1):
+    def step(self, step: int, loss: torch.Tensor | None, lr: float, last_step: int) -> None:
+        """A step done (loss None: its update was skipped); every log_interval steps, a log line."""
         if self.bar is not None:
-            self.bar.update(n)
+            self.bar.update(1)
+        if loss is None:
+            return
+        self.steps_since += 1
+        if step % self.cfg.log_interval == 0 or step == last_step:
+            dt = time.perf_counter() - self.t0
+            tokens_per_sec = self.steps_since * tokens_per_step(self.cfg) / dt
+            self.record({"step": step, "train_loss": loss.item(), "lr": lr, "tokens_per_sec": tokens_per_sec,
+                         "ms_per_step": 1000 * dt / self.steps_since})  # fmt: skip
+            self.t0, self.steps_since = time.perf_counter(), 0
+
+    @contextmanager
+    def paused(self):
+        """Time spent inside (evaluations, checkpoints) does not count as training throughput."""
+        t = time.perf_counter()
+        yield
+        self.t0 += time.perf_counter() - t
 
     def print(self, msg: str) -> None:
         if not self.enabled:
@@ -578,304 +591,387 @@ class Logger:
             self.bar.close()
 
 
+@dataclass
+class Machine:
+    """Where a run executes, decided once: its processes (one, or torchrun's), device and precision."""
+
+    ddp: bool
+    rank: int
+    world: int
+    device: str
+    dtype: torch.dtype
+
+    @property
+    def master(self) -> bool:  # only rank 0 writes files and prints
+        return self.rank == 0
+
+    @property
+    def autocast(self):
+        return autocast_context(self.device, self.dtype)
+
+
+@dataclass
+class Trainer:
+    """What one training step needs: the model, what the step calls (compiled, DDP-wrapped), the
+    optimizers, the GradScaler and the training tokens. bench.py times its step too."""
+
+    cfg: TrainConfig
+    machine: Machine
+    model: GPT
+    forward: torch.nn.Module
+    optimizers: list
+    scaler: torch.amp.GradScaler
+    train_data: np.ndarray
+
+
+@dataclass
+class Run:
+    """A run in progress: its trainer, where it writes, and what the loop carries from step to step."""
+
+    trainer: Trainer
+    out_dir: Path
+    vocab: str
+    dataset: str
+    val_data: np.ndarray
+    eval_batches: dict
+    log: "Logger"
+    step: int = 0
+    max_iters: int = 0  # --max-iters, or fewer to fit --max-seconds
+    best_val: float = math.inf
+    bad_steps: int = 0
+    spent_before: float = 0.0  # training seconds of the run before a resume
+    t_start: float = 0.0
+
+    def seconds(self) -> float:
+        return self.spent_before + time.perf_counter() - self.t_start
+
+
 def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
     """Train as the command line does; returns a summary (best val loss, steps, training seconds, out_dir)."""
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1)) if ddp else 1
-    out_dir = Path(cfg.out_dir)
-
-    # ---- every check before any work
+    # every check before any work
+    world = int(os.environ.get("WORLD_SIZE", 1)) if "RANK" in os.environ else 1
     check_config(cfg, world)
+    meta, train_data, val_data = load_data(cfg)
+    resume = check_resume(cfg, meta)
+    machine = set_up_machine(cfg)
+    run = start_run(cfg, machine, meta, train_data, val_data, resume, progress)
+    signals, restore_signals = catch_stop_signals()
+    try:
+        while run.step < run.max_iters:
+            factor = plan_step(run)  # the learning rate's share of its peak; a time budget may end the run here
+            if run.step >= run.max_iters:
+                break
+            loss, finite = train_step(run.trainer, run.step, factor)  # micro-batches, unscale, clip, step
+            check_finite(run, loss, finite)
+            run.step += 1
+            run.log.step(run.step, loss if finite else None, cfg.learning_rate * factor, run.max_iters)
+            if run.step % cfg.eval_interval == 0 or run.step == run.max_iters:
+                with run.log.paused():  # evaluation time is not training throughput
+                    evaluate_and_save(run)
+            if run.step < run.max_iters and all_agree(bool(signals), machine.ddp, machine.device):
+                stop_at(run, finite, signals[0] if signals else signal.SIGTERM)
+        train_seconds = run.seconds() - run.spent_before
+    finally:
+        restore_signals()
+        run.log.close()
+        if machine.ddp:
+            dist.destroy_process_group()
+    return finish(run, train_seconds)
+
+
+def load_data(cfg: TrainConfig):
+    """meta.json and the two splits of cfg.data_dir, each checked to hold more than one context."""
     meta = load_meta(Path(cfg.data_dir))
     train_data, val_data = load_split(Path(cfg.data_dir), "train"), load_split(Path(cfg.data_dir), "val")
     for name, data in (("train", train_data), ("val", val_data)):
         if len(data) <= cfg.block_size + 1:
             raise ConfigError(
-                f"the {name} split has {len(data)} tokens, too few for --block-size {cfg.block_size}; use a smaller --block-size or a longer text"
+                f"the {name} split has {len(data)} tokens, too few for --block-size {cfg.block_size}; "
+                "use a smaller --block-size or a longer text"
             )
-    check_out_dir(out_dir, cfg.resume)
-    resume_meta = resume_tensors = None
-    if cfg.resume:
-        resume_meta, resume_tensors = read_resume_state(out_dir / "resume.safetensors")
-        saved = resume_meta["config"]
-        changed = [
-            f"--{k.replace('_', '-')} (saved {saved[k]}, given {getattr(cfg, k)})"
-            for k in FIXED_ON_RESUME
-            if saved[k] != getattr(cfg, k)
-        ]
-        if changed:
-            raise ConfigError(
-                f"--resume: the run in {out_dir} has a different architecture: {', '.join(changed)}. Pass the saved values or choose another --out-dir."
-            )
-        if saved.get("optimizer", "adamw") != cfg.optimizer:
-            raise ConfigError(
-                f"--resume: the run in {out_dir} was trained with --optimizer {saved.get('optimizer', 'adamw')}; "
-                f"its saved state does not fit {cfg.optimizer}. Drop --optimizer, or start a new run in another --out-dir."
-            )
-        if resume_meta["vocab"] != meta["vocab"]:
-            raise ConfigError(
-                f"--resume: the data in {cfg.data_dir} has a different vocabulary ({meta['vocab_size']} characters) "
-                f"from the model in {out_dir} ({len(resume_meta['vocab'])}). Resume with the data it was trained on."
-            )
-    gpt_config = model_config(cfg, meta["vocab_size"])
+    return meta, train_data, val_data
 
-    # ---- devices, precision, processes
+
+def check_resume(cfg: TrainConfig, meta: dict) -> tuple[dict, dict] | None:
+    """Every check of a resume in one place: the out-dir holds a run (or, without --resume, nothing), and
+    the run's architecture, optimizer and vocabulary are this run's. Returns the saved (meta, tensors)."""
+    out_dir = Path(cfg.out_dir)
+    check_out_dir(out_dir, cfg.resume)
+    if not cfg.resume:
+        return None
+    saved_meta, tensors = read_resume_state(out_dir / "resume.safetensors")
+    saved = saved_meta["config"]
+    changed = [f"--{k.replace('_', '-')} (saved {saved[k]}, given {getattr(cfg, k)})"
+               for k in FIXED_ON_RESUME if saved[k] != getattr(cfg, k)]  # fmt: skip
+    if changed:
+        raise ConfigError(
+            f"--resume: the run in {out_dir} has a different architecture: {', '.join(changed)}. "
+            "Pass the saved values or choose another --out-dir."
+        )
+    if saved.get("optimizer", "adamw") != cfg.optimizer:
+        raise ConfigError(
+            f"--resume: the run in {out_dir} was trained with --optimizer {saved.get('optimizer', 'adamw')}; "
+            f"its saved state does not fit {cfg.optimizer}. Drop --optimizer, or start a new run in another --out-dir."
+        )
+    if saved_meta["vocab"] != meta["vocab"]:
+        raise ConfigError(
+            f"--resume: the data in {cfg.data_dir} has a different vocabulary ({meta['vocab_size']} characters) "
+            f"from the model in {out_dir} ({len(saved_meta['vocab'])}). Resume with the data it was trained on."
+        )
+    return saved_meta, tensors
+
+
+def set_up_machine(cfg: TrainConfig) -> Machine:
+    """The processes (torchrun sets RANK and WORLD_SIZE), the device of this one, and the precision."""
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    device = pick_device(cfg.device)
     if ddp:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        device = f"cuda:{local_rank}" if pick_device(cfg.device) == "cuda" else pick_device(cfg.device)
-        if device.startswith("cuda"):
+        if device == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    else:
-        device = pick_device(cfg.device)
-    device_type = device.split(":")[0]
-    dtype = pick_dtype(device, cfg.dtype)
-    autocast = autocast_context(device, dtype)
-    scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
     enable_tf32(device)
-    master = rank == 0
-    accum = cfg.grad_accum_steps // world  # micro-batches per process per step
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps
+    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
+    return Machine(ddp, rank, world, device, pick_dtype(device, cfg.dtype))
 
-    check_memory(gpt_config, cfg, device)
-    torch.manual_seed(cfg.seed)  # same initial weights on every process
-    model = GPT(gpt_config, vocab=meta["vocab"])
-    model.to(device)
+
+def build_trainer(cfg: TrainConfig, machine: Machine, train_data: np.ndarray, vocab: str) -> Trainer:
+    """A new model (the same initial weights on every process), its optimizers and GradScaler."""
+    gpt_config = model_config(cfg, len(vocab))
+    check_memory(gpt_config, cfg, machine.device)
+    torch.manual_seed(cfg.seed)
+    model = GPT(gpt_config, vocab=vocab).to(machine.device)
+    device_type = machine.device.split(":")[0]
     optimizers = build_optimizers(model, cfg, device_type)  # [AdamW] or [AdamW, Muon]
-    start_step, best_val, bad_steps = 0, float("inf"), 0
-    max_iters, spent_before = cfg.max_iters, 0.0  # a time budget moves max_iters until the cooldown starts
-    if resume_meta is not None:
-        restore_resume_state(resume_tensors, resume_meta, model, optimizers, scaler)
-        start_step, best_val = resume_meta["step"], resume_meta["best_val_loss"]
+    scaler = torch.amp.GradScaler(device_type, enabled=machine.dtype == torch.float16)
+    forward = compile_or_eager(model) if cfg.compile else model
+    if machine.ddp:
+        forward = DDP(forward, device_ids=[int(machine.device.split(":")[1])] if device_type == "cuda" else None)
+    return Trainer(cfg, machine, model, forward, optimizers, scaler, train_data)
+
+
+def start_run(cfg, machine: Machine, meta: dict, train_data, val_data, resume, progress) -> Run:
+    """The trainer, restored from the saved state when resuming; the log; the fixed evaluation batches."""
+    trainer = build_trainer(cfg, machine, train_data, meta["vocab"])
+    out_dir = Path(cfg.out_dir)
+    run = Run(trainer, out_dir, meta["vocab"], meta.get("name", Path(cfg.data_dir).name), val_data,
+              eval_batches(cfg, train_data, val_data, machine.device), log=None, max_iters=cfg.max_iters)  # fmt: skip
+    if resume is not None:
+        saved_meta, tensors = resume
+        restore_resume_state(tensors, saved_meta, trainer.model, trainer.optimizers, trainer.scaler)
+        run.step, run.best_val = saved_meta["step"], saved_meta["best_val_loss"]
         if not readable_safetensors(out_dir / "model.safetensors"):  # lost or damaged: the next evaluation rewrites it
-            best_val = float("inf")
+            run.best_val = math.inf
         if cfg.max_seconds > 0:
-            max_iters = min(cfg.max_iters, resume_meta.get("max_iters", cfg.max_iters))
-            spent_before = resume_meta.get("train_seconds", 0.0)
-        if rank:  # only rank 0's dropout RNG was saved; the others restart theirs deterministically
-            torch.manual_seed(cfg.seed + 7919 * rank + start_step)
-    else:
-        torch.manual_seed(cfg.seed + 7919 * rank)  # different dropout masks on each process
-    raw_model = model
-    if cfg.compile:
-        model = compile_or_eager(model)
-    if ddp:
-        model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
-
-    log = Logger(cfg, out_dir, start_step, enabled=master, progress=progress)
-    if master:
+            run.max_iters = min(cfg.max_iters, saved_meta.get("max_iters", cfg.max_iters))
+            run.spent_before = saved_meta.get("train_seconds", 0.0)
+    # dropout masks differ between processes; only rank 0's RNG was saved, the others restart theirs
+    if resume is None or machine.rank:
+        torch.manual_seed(cfg.seed + 7919 * machine.rank + run.step)
+    run.log = Logger(cfg, out_dir, run.step, enabled=machine.master, progress=progress)
+    if machine.master:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.resume:  # forget log lines written after the state we resume from
-            keep = (
-                [
-                    line
-                    for line in (out_dir / "metrics.jsonl").read_text().splitlines()
-                    if json.loads(line)["step"] <= start_step
-                ]
-                if (out_dir / "metrics.jsonl").exists()
-                else []
-            )
-            atomic_write_text(out_dir / "metrics.jsonl", "".join(line + "\n" for line in keep))
-        amp = {
-            torch.float32: "off (fp32)",
-            torch.bfloat16: "bf16 autocast",
-            torch.float16: "fp16 autocast + GradScaler",
-        }[dtype]
-        log.print(
-            f"device {device} ({hardware_name(device)}), dtype {str(dtype).replace('torch.', '')}, AMP {amp}, "
-            f"{world} process(es), grad accumulation {cfg.grad_accum_steps} x batch {cfg.batch_size} x context {cfg.block_size} "
-            f"= {tokens_per_step:,} tokens/step"
-        )
-        log.print(f"model: {raw_model.num_params() / 1e6:.2f}M parameters, {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} dim; "
-                  f"{'resuming at step ' + str(start_step) if cfg.resume else 'starting'} -> {cfg.max_iters} steps"
-                  + (f" or {cfg.max_seconds:g} s of training" if cfg.max_seconds > 0 else "")
-                  + f"; {cfg.optimizer}, {cfg.schedule} schedule")  # fmt: skip
-        if resume_meta is not None:
-            saved = resume_meta["config"]
-            changed = [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in asdict(cfg).items()
-                       if k not in COMMAND_ONLY and k in saved and saved[k] != v]  # fmt: skip
-            if changed:
-                log.print("changed since the run was saved: " + ", ".join(changed))
+        if resume is not None:
+            trim_metrics(out_dir / "metrics.jsonl", run.step)
+        print_header(run, resume[0] if resume else None)
+    trainer.forward.train()
+    run.t_start = time.perf_counter()
+    return run
 
-    # fixed evaluation batches: the same ones at every evaluation, so losses are comparable
-    eval_batches = {
-        name: [make_batch(data, batch_starts(len(data), cfg.block_size, cfg.batch_size, [cfg.seed, 2**32 - 1, split_id, i]), cfg.block_size, device) for i in range(cfg.eval_iters)]
-        for split_id, (name, data) in enumerate((("train", train_data), ("val", val_data)))
+
+def eval_batches(cfg: TrainConfig, train_data, val_data, device: str) -> dict:
+    """Fixed evaluation batches: the same ones at every evaluation, so losses are comparable."""
+    out = {}
+    for split_id, (name, data) in enumerate((("train", train_data), ("val", val_data))):
+        seeds = ([cfg.seed, 2**32 - 1, split_id, i] for i in range(cfg.eval_iters))
+        out[name] = [make_batch(data, batch_starts(len(data), cfg.block_size, cfg.batch_size, s), cfg.block_size, device)
+                     for s in seeds]  # fmt: skip
+    return out
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Forget the log lines written after the state a run resumes from."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    atomic_write_text(path, "".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
+
+
+def print_header(run: Run, saved_meta: dict | None) -> None:
+    """What runs where: device, precision, processes, batch; the model; what changed since a resume."""
+    cfg, m, log = run.trainer.cfg, run.trainer.machine, run.log
+    amp = {torch.float32: "off (fp32)", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}
+    log.print(
+        f"device {m.device} ({hardware_name(m.device)}), dtype {str(m.dtype).replace('torch.', '')}, AMP "
+        f"{amp[m.dtype]}, {m.world} process(es), grad accumulation {cfg.grad_accum_steps} x batch {cfg.batch_size} "
+        f"x context {cfg.block_size} = {tokens_per_step(cfg):,} tokens/step"
+    )
+    budget = f" or {cfg.max_seconds:g} s of training" if cfg.max_seconds > 0 else ""
+    log.print(
+        f"model: {run.trainer.model.num_params() / 1e6:.2f}M parameters, {cfg.n_layer} layers, {cfg.n_head} heads, "
+        f"{cfg.n_embd} dim; {'resuming at step ' + str(run.step) if saved_meta else 'starting'} -> {cfg.max_iters} "
+        f"steps{budget}; {cfg.optimizer}, {cfg.schedule} schedule"
+    )
+    if saved_meta is not None:
+        saved = saved_meta["config"]
+        changed = [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in asdict(cfg).items()
+                   if k not in COMMAND_ONLY and k in saved and saved[k] != v]  # fmt: skip
+        if changed:
+            log.print("changed since the run was saved: " + ", ".join(changed))
+
+
+def tokens_per_step(cfg: TrainConfig) -> int:
+    return cfg.batch_size * cfg.block_size * cfg.grad_accum_steps  # over all processes
+
+
+def plan_step(run: Run) -> float:
+    """The learning rate of the next step as a share of its peak. Under --max-seconds the run's length
+    follows the measured pace until the cooldown starts (every process takes the slowest one's clock, so
+    all stop at the same step); run.max_iters <= run.step then means no time is left."""
+    cfg, m = run.trainer.cfg, run.trainer.machine
+    if cfg.max_seconds <= 0:
+        return lr_factor(run.step, cfg, run.max_iters)
+    seconds = time.perf_counter() - run.t_start
+    if m.ddp:
+        t = torch.tensor([seconds], dtype=torch.float64, device=m.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        seconds = t.item()
+    steps_done = run.step - (run.log.start_step if run.log else 0)
+    pace = seconds / steps_done if steps_done > 0 else 0.0  # evaluations included
+    run.max_iters = fit_to_budget(cfg, run.step, run.max_iters, run.spent_before + seconds, pace)
+    return min(lr_factor(run.step, cfg, run.max_iters), budget_factor(cfg, run.spent_before + seconds))
+
+
+def train_step(trainer: Trainer, step: int, factor: float, mark=None) -> tuple[torch.Tensor, bool]:
+    """One optimizer step at `factor` x each group's peak learning rate: the micro-batches of this
+    process (each loss divided by their count over all processes), then unscale, clip and step, unless
+    the loss is not finite (then the update is skipped). Returns (mean loss, finite). mark(name), if
+    given, is called after each phase (data, forward, backward, optimizer): bench.py times them."""
+    cfg, m = trainer.cfg, trainer.machine
+    mark = mark or (lambda name: None)
+    for opt in trainer.optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["peak_lr"] * factor
+    accum = cfg.grad_accum_steps // m.world  # micro-batches per process
+    loss_sum = torch.zeros((), device=m.device)
+    for micro in range(accum):
+        global_micro = m.rank * accum + micro  # process r takes micro-batches r*accum ... r*accum+accum-1
+        seeds = [cfg.seed, step, global_micro]
+        x, y = make_batch(trainer.train_data, batch_starts(len(trainer.train_data), cfg.block_size, cfg.batch_size, seeds),
+                          cfg.block_size, m.device)  # fmt: skip
+        mark("data")
+        # DDP all-reduces the gradients only on the last micro-step
+        sync = nullcontext() if (not m.ddp or micro == accum - 1) else trainer.forward.no_sync()
+        with sync:
+            with m.autocast:
+                loss = trainer.forward(x, y)[1] / accum  # the gradient is the mean over micro-batches
+            mark("forward")
+            trainer.scaler.scale(loss).backward()
+            mark("backward")
+        loss_sum += loss.detach()
+    if m.ddp:
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+    finite = bool(torch.isfinite(loss_sum))  # one host sync per step; GradScaler's step syncs anyway
+    if finite:
+        clip_and_step(trainer.model, trainer.optimizers, trainer.scaler, cfg.grad_clip)
+    else:
+        for opt in trainer.optimizers:
+            opt.zero_grad(set_to_none=True)
+    mark("optimizer")
+    return loss_sum, finite
+
+
+def check_finite(run: Run, loss: torch.Tensor, finite: bool) -> None:
+    """A non-finite loss skipped its update (the step still counts, its evaluation still runs); too many
+    in a row stop the run with what out_dir holds and how to go on."""
+    if finite:
+        run.bad_steps = 0
+        return
+    run.bad_steps += 1
+    warnings.warn(
+        f"step {run.step}: non-finite loss ({loss.item()}), update skipped ({run.bad_steps} in a row)", stacklevel=1
+    )
+    if run.bad_steps >= run.trainer.cfg.max_nonfinite_steps:
+        raise FloatingPointError(divergence_message(run.out_dir, run.step, run.bad_steps))
+
+
+def evaluate_and_save(run: Run) -> None:
+    """Loss on the fixed batches; the model when validation improved; the resume state when finite."""
+    t, m = run.trainer, run.trainer.machine
+    losses = {name: estimate_loss(t.model, batches, m.autocast) for name, batches in run.eval_batches.items()}
+    improved = losses["val"] < run.best_val  # never "improves" on a nan
+    if improved:
+        run.best_val = losses["val"]
+        t.model.train_info = train_info(run, losses)
+    finite = math.isfinite(losses["val"]) and math.isfinite(losses["train"])
+    if m.master:
+        if improved:
+            save_best_model(t.model, run.out_dir)
+        if finite:  # non-finite losses mean broken weights: keep the last good state to resume from
+            save_resume_state(run.out_dir / "resume.safetensors", t.model, t.optimizers, t.scaler, resume_meta(run))
+        else:
+            warnings.warn(f"step {run.step}: evaluation is not finite; resume.safetensors kept as it was", stacklevel=1)
+    run.log.record({"step": run.step, "train_loss": losses["train"], "val_loss": losses["val"],
+                    "lr": get_lr(run.step, t.cfg, run.max_iters), "tokens_per_sec": None, "saved": improved})  # fmt: skip
+
+
+def resume_meta(run: Run) -> dict:
+    """The JSON half of the resume state (the tensors are the model's and the optimizers')."""
+    cfg = run.trainer.cfg
+    return {"step": run.step, "best_val_loss": run.best_val, "config": asdict(cfg), "vocab": run.vocab,
+            "world_size": run.trainer.machine.world, "max_iters": run.max_iters, "train_seconds": run.seconds()}  # fmt: skip
+
+
+def train_info(run: Run, losses: dict) -> dict:
+    """The facts about training saved with the best model (config.json's train_info, the model card)."""
+    cfg, m = run.trainer.cfg, run.trainer.machine
+    return {
+        "step": run.step, "val_loss": round(losses["val"], 4), "train_loss": round(losses["train"], 4),
+        "tokens_seen": run.step * tokens_per_step(cfg), "hardware": hardware_name(m.device), "world_size": m.world,
+        "dtype": str(m.dtype).replace("torch.", ""), "dataset": run.dataset, "train_config": asdict(cfg),
     }  # fmt: skip
 
-    def state(step):
-        return {
-            "step": step,
-            "best_val_loss": best_val,
-            "config": asdict(cfg),
-            "vocab": meta["vocab"],
-            "world_size": world,
-            "max_iters": max_iters,
-            "train_seconds": spent_before + time.perf_counter() - t_start,
-        }
 
-    def evaluate(step):
-        nonlocal best_val
-        losses = {name: estimate_loss(raw_model, batches, autocast) for name, batches in eval_batches.items()}
-        saved = losses["val"] < best_val  # never "improves" on a nan
-        rec = {
-            "step": step,
-            "train_loss": losses["train"],
-            "val_loss": losses["val"],
-            "lr": get_lr(step, cfg, max_iters),
-            "tokens_per_sec": None,
-            "saved": saved,
-        }
-        if saved:
-            best_val = losses["val"]
-            raw_model.train_info = info(step, losses)
-        finite = math.isfinite(losses["val"]) and math.isfinite(losses["train"])
-        if master:
-            if saved:
-                save_best_model(raw_model, out_dir)
-            if finite:  # non-finite losses mean broken weights: keep the last good state to resume from
-                save_resume_state(out_dir / "resume.safetensors", raw_model, optimizers, scaler, state(step))
-            else:
-                warnings.warn(f"step {step}: evaluation is not finite; resume.safetensors kept as it was", stacklevel=1)
-        log.record(rec)
+def stop_at(run: Run, finite: bool, signum: int):
+    """After SIGINT/SIGTERM: save the state at this step (unless its loss was not finite: the last good one
+    stays), then stop with the command that continues the run."""
+    t, cfg = run.trainer, run.trainer.cfg
+    resume = run.out_dir / "resume.safetensors"
+    if t.machine.master:
+        if finite:
+            save_resume_state(resume, t.model, t.optimizers, t.scaler, resume_meta(run))
+        plot_losses(run.out_dir)
+    name = signal.Signals(signum).name
+    if not resume.is_file():  # a non-finite first step: nothing good to save
+        raise Interrupted(f"{name} at step {run.step}: no good state to save yet; start the run again.", signum)
+    saved = read_resume_meta(resume)["step"] if t.machine.master else run.step
+    best = (
+        f", the best model so far (val loss {run.best_val:.4f}) in {run.out_dir}" if math.isfinite(run.best_val) else ""
+    )
+    raise Interrupted(
+        f"{name} at step {run.step} of {cfg.max_iters}: the training state at step {saved} is saved in {resume}"
+        f"{best}. Continue with:\n    {resume_command(cfg, t.machine.world)}",
+        signum,
+    )
 
-    def stop_at(step, finite, signum):
-        """Save the state at this step (unless its loss was not finite: the last good one stays), then stop."""
-        resume = out_dir / "resume.safetensors"
-        if master:
-            if finite:
-                save_resume_state(resume, raw_model, optimizers, scaler, state(step))
-            plot_losses(out_dir)
-        name = signal.Signals(signum).name
-        if not resume.is_file():  # a non-finite first step: nothing good to save
-            raise Interrupted(f"{name} at step {step}: no good state to save yet; start the run again.", signum)
-        saved = read_resume_meta(resume)["step"] if master else step
-        best = f", the best model so far (val loss {best_val:.4f}) in {out_dir}" if math.isfinite(best_val) else ""
-        raise Interrupted(
-            f"{name} at step {step} of {cfg.max_iters}: the training state at step {saved} is saved in {resume}"
-            f"{best}. Continue with:\n    {resume_command(cfg, world)}",
-            signum,
-        )
 
-    def info(step, losses):
-        return {
-            "step": step, "val_loss": round(losses["val"], 4), "train_loss": round(losses["train"], 4),
-            "tokens_seen": step * tokens_per_step, "hardware": hardware_name(device), "world_size": world,
-            "dtype": str(dtype).replace("torch.", ""), "dataset": meta.get("name", Path(cfg.data_dir).name),
-            "train_config": asdict(cfg),
-        }  # fmt: skip
-
-    model.train()
-    t0, tokens_since, t_start = time.perf_counter(), 0, time.perf_counter()
-    step = start_step
-    signals, restore_signals = catch_stop_signals()
-    try:
-        while step < max_iters:
-            factor = lr_factor(step, cfg, max_iters)
-            if cfg.max_seconds > 0:
-                seconds = time.perf_counter() - t_start
-                if ddp:  # every process takes the slowest one's clock, so that all stop at the same step
-                    t = torch.tensor([seconds], dtype=torch.float64, device=device)
-                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                    seconds = t.item()
-                pace = seconds / (step - start_step) if step > start_step else 0.0  # evaluations included
-                max_iters = fit_to_budget(cfg, step, max_iters, spent_before + seconds, pace)
-                if step >= max_iters:  # resumed with no time left
-                    break
-                factor = min(lr_factor(step, cfg, max_iters), budget_factor(cfg, spent_before + seconds))
-            lr = cfg.learning_rate * factor  # AdamW's; each group's is its peak_lr x factor
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = group["peak_lr"] * factor
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(accum):
-                global_micro = rank * accum + micro  # process r takes micro-batches r*accum ... r*accum+accum-1
-                x, y = make_batch(
-                    train_data,
-                    batch_starts(len(train_data), cfg.block_size, cfg.batch_size, [cfg.seed, step, global_micro]),
-                    cfg.block_size,
-                    device,
-                )
-                # gradients are all-reduced only on the last micro-step
-                sync = nullcontext() if (not ddp or micro == accum - 1) else model.no_sync()
-                with sync:
-                    with autocast:
-                        _, loss = model(x, y)
-                        loss = loss / accum  # the gradient is the mean over micro-batches
-                    scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-            if ddp:
-                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-            finite = bool(torch.isfinite(loss_sum))  # one host sync per step; GradScaler's step syncs anyway
-            if finite:
-                bad_steps = 0
-                clip_and_step(raw_model, optimizers, scaler, cfg.grad_clip)
-                tokens_since += tokens_per_step
-            else:  # skip the update; the step still counts, and its evaluation (if due) still runs
-                bad_steps += 1
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-                warnings.warn(
-                    f"step {step}: non-finite loss ({loss_sum.item()}), update skipped ({bad_steps} in a row)",
-                    stacklevel=1,
-                )
-                if bad_steps >= cfg.max_nonfinite_steps:
-                    raise FloatingPointError(divergence_message(out_dir, step, bad_steps))
-            step += 1
-            log.advance()
-            if finite and (step % cfg.log_interval == 0 or step == max_iters):
-                dt = time.perf_counter() - t0
-                n_steps = tokens_since // tokens_per_step
-                log.record(
-                    {
-                        "step": step,
-                        "train_loss": loss_sum.item(),
-                        "lr": lr,
-                        "tokens_per_sec": tokens_since / dt,
-                        "ms_per_step": 1000 * dt / max(1, n_steps),
-                    }
-                )
-                t0, tokens_since = time.perf_counter(), 0
-            if step % cfg.eval_interval == 0 or step == max_iters:
-                t_eval = time.perf_counter()
-                evaluate(step)
-                t0 += time.perf_counter() - t_eval  # evaluation time is not training throughput
-            if all_agree(bool(signals), ddp, device) and step < cfg.max_iters:
-                stop_at(step, finite, signals[0] if signals else signal.SIGTERM)
-        train_seconds = time.perf_counter() - t_start
-    finally:
-        restore_signals()
-        log.close()
-        if ddp:
-            dist.destroy_process_group()
-
-    summary = {
-        "out_dir": str(out_dir),
-        "steps": step,
-        "best_val_loss_estimate": best_val,
-        "train_seconds": train_seconds,
-    }
-    if master:
-        best = load_model(out_dir, device)
-        full_val = evaluate_split(best, val_data, cfg.block_size, cfg.batch_size * 4, device, autocast)
-        plot_losses(out_dir)
-        update_model_info(out_dir, val_loss_full=round(full_val, 4))
-        summary["best_val_loss"] = full_val
-        print(f"best model: val loss {full_val:.4f} on the whole validation split ({len(val_data):,} characters), "
-              f"at step {best.train_info['step']}; saved in {out_dir}; training took {train_seconds:.0f} s")  # fmt: skip
-        if cfg.sample_chars > 0:
-            for i in range(2):
-                print(f"--- sample {i + 1} (temperature 0.8) ---")
-                print(
-                    best.generate_text(
-                        best.tokenizer.start_text, cfg.sample_chars, temperature=0.8, top_k=None, seed=cfg.seed + i
-                    )
-                )
-        if cfg.push_to_hub:
-            from hub import push_model
-
-            push_model(out_dir, cfg.push_to_hub)
+def finish(run: Run, train_seconds: float) -> dict:
+    """The best model scored on the whole validation split, the loss plot, the card, samples, the push."""
+    cfg, m = run.trainer.cfg, run.trainer.machine
+    summary = {"out_dir": str(run.out_dir), "steps": run.step, "best_val_loss_estimate": run.best_val,
+               "train_seconds": train_seconds}  # fmt: skip
+    if not m.master:
+        return summary
+    best = load_model(run.out_dir, m.device)
+    full_val = evaluate_split(best, run.val_data, cfg.block_size, cfg.batch_size * 4, m.device, m.autocast)
+    plot_losses(run.out_dir)
+    update_model_info(run.out_dir, val_loss_full=round(full_val, 4))
+    summary["best_val_loss"] = full_val
+    print(f"best model: val loss {full_val:.4f} on the whole validation split ({len(run.val_data):,} characters), "
+          f"at step {best.train_info['step']}; saved in {run.out_dir}; training took {train_seconds:.0f} s")  # fmt: skip
+    for i in range(2 if cfg.sample_chars > 0 else 0):
+        print(f"--- sample {i + 1} (temperature 0.8) ---")
+        print(best.generate_text(best.tokenizer.start_text, cfg.sample_chars, temperature=0.8, seed=cfg.seed + i))
+    if cfg.push_to_hub:
+        push_model(run.out_dir, cfg.push_to_hub)
     return summary
 
 
@@ -1061,9 +1157,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # outside the training loop: every file is written whole or not at all
         print("interrupted before training began or after it ended; each file written is complete", file=sys.stderr)
         return 130
-    except RuntimeError as e:
-        if type(e).__name__ != "HubError":
-            raise
+    except HubError as e:
         print(
             f"error: training finished, but the push failed: {e}. Push later with `python hub.py push {cfg.out_dir} {cfg.push_to_hub}`.",
             file=sys.stderr,
