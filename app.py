@@ -165,41 +165,44 @@ def make_generate(model: GPT, engine: Engine):
                 "wait in line. Try again in a few seconds."
             ) from None
         try:
-            async for update in stream_request(req, text, wake):
+            async for update in stream_request(engine, tok, req, text, wake):
                 yield update
         finally:  # finished, failed, or the client went away (Gradio closes this generator): free the slot
             req.cancel()
 
-    async def stream_request(req, text: str, wake: asyncio.Event):
-        colored, sent, ahead = [(text, None)], 0, None
-        while not req.done.is_set() or sent < len(req.tokens):
-            if not req.tokens:  # not started: say where in the line it waits
-                now = engine.position(req)
-                if now != ahead and (now or ahead):
-                    ahead = now
-                    label = f"Waiting for a free slot: {now} in line" if now else OUTPUT_LABEL
-                    yield gr.Textbox(value=text, label=label), colored
-            # the first character at once (the engine wakes us), then one update per ~50 ms: a message
-            # per character would flood the browser at hundreds of characters a second
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), STREAM_EVERY)
-            wake.clear()
-            end = len(req.tokens)
-            if end > sent:
-                chars = tok.decode(req.tokens[sent:end])
-                for ch, prob in zip(chars, req.probs[sent:end]):
-                    add_colored(colored, ch, bucket(prob))
-                text, sent = text + chars, end
-                if ahead:  # it was waiting: put the label back
-                    ahead = 0
-                    yield gr.Textbox(value=text, label=OUTPUT_LABEL), colored
-                elif not req.done.is_set() or sent < len(req.tokens):
-                    yield text, colored
-        if req.error is not None:
-            raise gr.Error(f"Generation failed: {req.error}")
-        yield text, colored
-
     return generate
+
+
+async def stream_request(engine: Engine, tok, req, text: str, wake: asyncio.Event):
+    """Yield (text so far, coloured text) as the engine writes req's characters; while req waits for a
+    slot, the output's label says where it is in line."""
+    colored, sent, ahead = [(text, None)], 0, None
+    while not req.done.is_set() or sent < len(req.tokens):
+        if not req.tokens:  # not started: say where in the line it waits
+            now = engine.position(req)
+            if now != ahead and (now or ahead):
+                ahead = now
+                label = f"Waiting for a free slot: {now} in line" if now else OUTPUT_LABEL
+                yield gr.Textbox(value=text, label=label), colored
+        # the first character at once (the engine wakes us), then one update per ~50 ms: a message
+        # per character would flood the browser at hundreds of characters a second
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(wake.wait(), STREAM_EVERY)
+        wake.clear()
+        end = len(req.tokens)
+        if end > sent:
+            chars = tok.decode(req.tokens[sent:end])
+            for ch, prob in zip(chars, req.probs[sent:end]):
+                add_colored(colored, ch, bucket(prob))
+            text, sent = text + chars, end
+            if ahead:  # it was waiting: put the label back
+                ahead = 0
+                yield gr.Textbox(value=text, label=OUTPUT_LABEL), colored
+            elif not req.done.is_set() or sent < len(req.tokens):
+                yield text, colored
+    if req.error is not None:
+        raise gr.Error(f"Generation failed: {req.error}")
+    yield text, colored
 
 
 def build_demo(model: GPT, source: str = "", slots: int = SLOTS, max_waiting: int = MAX_WAITING) -> gr.Blocks:

@@ -83,78 +83,7 @@ def is_tiny_shakespeare(config: dict) -> bool:
     return config.get("vocab") == TINY_SHAKESPEARE_VOCAB
 
 
-def render_model_card(config: dict, out_dir: Path, sample: str | None = None, repo_id: str | None = None) -> str:
-    """The README.md of a model folder: what it is, how well it does, how to use it.
-
-    `config` is what config.json holds (model.hub_config()); loss.png is shown when out_dir has one.
-    """
-    info = config.get("train_info") or {}
-    tc = info.get("train_config") or {}
-    repo = repo_id or "ORG/NAME"
-    shakespeare = is_tiny_shakespeare(config)
-    n_params = config["num_params"]
-    vocab_size = config["vocab_size"]
-
-    def fmt(x, spec=""):
-        return "not recorded" if x is None else format(x, spec)
-
-    if info.get("val_loss_full") is not None:
-        val = f"| validation loss (whole validation split) | {info['val_loss_full']:.4f} |"
-    elif info.get("val_loss") is not None:
-        batches = f"{tc['eval_iters']} fixed batches" if "eval_iters" in tc else "fixed batches"
-        val = f"| validation loss (estimate on {batches} of the validation split) | {info['val_loss']:.4f} |"
-    else:
-        val = "| validation loss | not measured |"
-    arch = [(k, config[k]) for k in ARCH_KEYS]
-    train_keys = ("batch_size", "grad_accum_steps", "learning_rate", "min_lr", "warmup_iters", "max_iters",
-                  "weight_decay", "beta1", "beta2", "grad_clip", "eval_interval", "eval_iters", "seed")  # fmt: skip
-    settings = arch + [("parameters", f"{n_params:,}")] + [(k, tc[k]) for k in train_keys if k in tc]
-    rows = "\n".join(f"| {k} | {v} |" for k, v in settings)
-    tags = ["gpt2", "character-level", "text-generation"] + (["tiny-shakespeare"] if shakespeare else [])
-    front = "\n".join(
-        ["---", "library_name: transformers", "license: mit", "pipeline_tag: text-generation", "tags:"]
-        + [f"- {t}" for t in tags]
-        + (["datasets:", "- karpathy/tiny_shakespeare"] if shakespeare else [])
-        + ["---"]
-    )
-    dataset = (
-        "[tiny Shakespeare](https://huggingface.co/datasets/karpathy/tiny_shakespeare) (Karpathy's char-rnn corpus, "
-        "1.1M characters of Shakespeare's plays); the first 90% trains, the last 10% validates."
-        if shakespeare
-        else f"{info.get('dataset', 'a text')} prepared with data/prepare.py (first 90% trains, last 10% validates)."
-    )
-    curve = "\n![loss curve](loss.png)\n" if (Path(out_dir) / "loss.png").is_file() else ""
-    fence = "````" if sample and "```" in sample else "```"  # a sample must not close its own code block
-    sample_block = (
-        f"\n## Sample\n\nPrompt: a newline; temperature 0.8, seed 0, 300 characters, as generated:\n\n{fence}text\n{sample}\n{fence}\n"
-        if sample
-        else ""
-    )
-    tokens = info.get("tokens_seen")
-    return f"""{front}
-# Character-level GPT-2 ({n_params / 1e6:.2f}M parameters)
-
-A GPT-2 that reads and writes one character at a time ({config["n_layer"]} layers, {config["n_head"]} heads,
-{config["n_embd"]} dimensions, a context of {config["n_positions"]} characters), trained from scratch with
-`train_gpt2.py` from the "Let's build GPT" course project. The repo is a standard transformers GPT-2: its tokenizer
-(tokenizer.json) has one token per character of its {vocab_size}-character vocabulary, also listed in config.json.
-
-## Results
-
-| metric | value |
-|---|---|
-{val}
-| train loss (estimate at the saved step) | {fmt(info.get("train_loss"), ".4f")} |
-| steps | {fmt(info.get("step"), ",")} |
-| tokens seen | {fmt(tokens, ",")} |
-| hardware | {fmt(info.get("hardware"))} |
-| precision | {fmt(info.get("dtype"))} |
-
-The loss is the cross-entropy in nats per character: the average of -ln(probability the model gave the true next
-character). Guessing uniformly among the {vocab_size} characters scores ln({vocab_size}) = {math.log(vocab_size):.2f};
-lower is better, and exp(loss) is how many characters the model is, on average, still choosing between.
-{curve}{sample_block}
-## Use with transformers
+CARD_USAGE = """## Use with transformers
 
 ```python
 from transformers import pipeline
@@ -180,12 +109,58 @@ print(model.generate_text("ROMEO:", max_new_tokens=300, temperature=0.8, seed=0)
 python sample_gpt2.py --model {repo} --prompt "ROMEO:"   # streams to the terminal
 python app.py --model {repo}                             # the Gradio app, locally
 ```
+"""
+CARD_TRAIN_KEYS = ("optimizer", "batch_size", "grad_accum_steps", "learning_rate", "muon_lr", "min_lr", "schedule",
+                   "warmup_iters", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "eval_interval",
+                   "eval_iters", "seed")  # fmt: skip
 
+
+def render_model_card(config: dict, out_dir: Path, sample: str | None = None, repo_id: str | None = None) -> str:
+    """The README.md of a model folder: what it is, how well it does, how to use it.
+
+    `config` is what config.json holds (model.hub_config()); loss.png is shown when out_dir has one.
+    """
+    info = config.get("train_info") or {}
+    shakespeare = is_tiny_shakespeare(config)
+    n_params, vocab_size = config["num_params"], config["vocab_size"]
+    curve = "\n![loss curve](loss.png)\n" if (Path(out_dir) / "loss.png").is_file() else ""
+    fence = "````" if sample and "```" in sample else "```"  # a sample must not close its own code block
+    sample_block = (
+        f"\n## Sample\n\nPrompt: a newline; temperature 0.8, seed 0, 300 characters, as generated:\n\n"
+        f"{fence}text\n{sample}\n{fence}\n"
+        if sample
+        else ""
+    )
+    dataset = (
+        "[tiny Shakespeare](https://huggingface.co/datasets/karpathy/tiny_shakespeare) (Karpathy's char-rnn corpus, "
+        "1.1M characters of Shakespeare's plays); the first 90% trains, the last 10% validates."
+        if shakespeare
+        else f"{info.get('dataset', 'a text')} prepared with data/prepare.py (first 90% trains, last 10% validates)."
+    )
+    return f"""{card_front_matter(shakespeare)}
+# Character-level GPT-2 ({n_params / 1e6:.2f}M parameters)
+
+A GPT-2 that reads and writes one character at a time ({config["n_layer"]} layers, {config["n_head"]} heads,
+{config["n_embd"]} dimensions, a context of {config["n_positions"]} characters), trained from scratch with
+`train_gpt2.py` from the "Let's build GPT" course project. The repo is a standard transformers GPT-2: its tokenizer
+(tokenizer.json) has one token per character of its {vocab_size}-character vocabulary, also listed in config.json.
+
+## Results
+
+| metric | value |
+|---|---|
+{card_results(info)}
+
+The loss is the cross-entropy in nats per character: the average of -ln(probability the model gave the true next
+character). Guessing uniformly among the {vocab_size} characters scores ln({vocab_size}) = {math.log(vocab_size):.2f};
+lower is better, and exp(loss) is how many characters the model is, on average, still choosing between.
+{curve}{sample_block}
+{CARD_USAGE.format(repo=repo_id or "ORG/NAME")}
 ## Configuration
 
 | setting | value |
 |---|---|
-{rows}
+{card_settings(config, info.get("train_config") or {})}
 
 ## Dataset
 
@@ -195,6 +170,47 @@ python app.py --model {repo}                             # the Gradio app, local
 
 MIT.
 """
+
+
+def card_front_matter(shakespeare: bool) -> str:
+    tags = ["gpt2", "character-level", "text-generation"] + (["tiny-shakespeare"] if shakespeare else [])
+    return "\n".join(
+        ["---", "library_name: transformers", "license: mit", "pipeline_tag: text-generation", "tags:"]
+        + [f"- {t}" for t in tags]
+        + (["datasets:", "- karpathy/tiny_shakespeare"] if shakespeare else [])
+        + ["---"]
+    )
+
+
+def card_results(info: dict) -> str:
+    """The rows of the card's results table; the validation loss says what it was measured on."""
+    tc = info.get("train_config") or {}
+
+    def fmt(x, spec=""):
+        return "not recorded" if x is None else format(x, spec)
+
+    if info.get("val_loss_full") is not None:
+        val = f"| validation loss (whole validation split) | {info['val_loss_full']:.4f} |"
+    elif info.get("val_loss") is not None:
+        batches = f"{tc['eval_iters']} fixed batches" if "eval_iters" in tc else "fixed batches"
+        val = f"| validation loss (estimate on {batches} of the validation split) | {info['val_loss']:.4f} |"
+    else:
+        val = "| validation loss | not measured |"
+    return "\n".join([
+        val,
+        f"| train loss (estimate at the saved step) | {fmt(info.get('train_loss'), '.4f')} |",
+        f"| steps | {fmt(info.get('step'), ',')} |",
+        f"| tokens seen | {fmt(info.get('tokens_seen'), ',')} |",
+        f"| hardware | {fmt(info.get('hardware'))} |",
+        f"| precision | {fmt(info.get('dtype'))} |",
+    ])  # fmt: skip
+
+
+def card_settings(config: dict, train_config: dict) -> str:
+    """The architecture, the parameter count and the training settings, one table row each."""
+    settings = [(k, config[k]) for k in ARCH_KEYS] + [("parameters", f"{config['num_params']:,}")]
+    settings += [(k, train_config[k]) for k in CARD_TRAIN_KEYS if k in train_config]
+    return "\n".join(f"| {k} | {v} |" for k, v in settings)
 
 
 # ---------------------------------------------------------------------------- Hub access
