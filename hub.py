@@ -88,11 +88,12 @@ CARD_USAGE = """## Use with transformers
 ```python
 from transformers import pipeline
 generate = pipeline("text-generation", model="{repo}")
-print(generate("ROMEO:", max_new_tokens=300, do_sample=True, temperature=0.8)[0]["generated_text"])
+print(generate("ROMEO:", max_new_tokens={n_new}, do_sample=True, temperature=0.8)[0]["generated_text"])
 ```
 
 `do_sample=False` gives the greedy text; `top_k` and `top_p` narrow the choice. A character outside the
-vocabulary is left out of the prompt.
+vocabulary is left out of the prompt. The prompt and the new characters together must fit in the model's context
+({n_positions} characters): transformers does not slide the window; `generate_text` below does.
 
 ## Use with the project's code
 
@@ -155,7 +156,7 @@ The loss is the cross-entropy in nats per character: the average of -ln(probabil
 character). Guessing uniformly among the {vocab_size} characters scores ln({vocab_size}) = {math.log(vocab_size):.2f};
 lower is better, and exp(loss) is how many characters the model is, on average, still choosing between.
 {curve}{sample_block}
-{CARD_USAGE.format(repo=repo_id or "ORG/NAME")}
+{CARD_USAGE.format(repo=repo_id or "ORG/NAME", n_new=min(300, config["n_positions"] - 8), n_positions=config["n_positions"])}
 ## Configuration
 
 | setting | value |
