@@ -114,11 +114,16 @@ def bench_training(device, data, vocab, peak, quick) -> dict:
         ms = tr.ms_per_step(steps, warmup=1 if reduced else 3)
         tokens_per_sec = 1000 * cfg.batch_size * cfg.grad_accum_steps * cfg.block_size / ms
         out[name] = {
-            "params": tr.model.num_params(), "flops_per_token": flops_per_token(tr.model), "batch_size": cfg.batch_size,
-            "grad_accum_steps": cfg.grad_accum_steps, "block_size": cfg.block_size, "reduced_batch": reduced,
-            "ms_per_step": round(ms, 2), "tokens_per_sec": round(tokens_per_sec),
+            "params": tr.model.num_params(),
+            "flops_per_token": flops_per_token(tr.model),
+            "batch_size": cfg.batch_size,
+            "grad_accum_steps": cfg.grad_accum_steps,
+            "block_size": cfg.block_size,
+            "reduced_batch": reduced,
+            "ms_per_step": round(ms, 2),
+            "tokens_per_sec": round(tokens_per_sec),
             "mfu": round(tokens_per_sec * flops_per_token(tr.model) / peak, 4),
-        }  # fmt: skip
+        }
     return out
 
 
@@ -174,19 +179,34 @@ def bench_nanogpt_cpu(device, data, vocab, peak, quick) -> dict:
             f"{by_kind['other']:.1f} ms. The matmuls are {share:.0%} of the step: {limit}."
         )
     return {
-        "config": NANOGPT_CPU, "ms_per_step": round(ms, 2), "tokens_per_sec": round(1000 * tokens / ms),
+        "config": NANOGPT_CPU,
+        "ms_per_step": round(ms, 2),
+        "tokens_per_sec": round(1000 * tokens / ms),
         "pct_of_peak": round(100 * 1000 * tokens / ms * flops_per_token(tr.model) / peak, 1),
-        "phases_ms": {k: round(1000 * v / steps, 2) for k, v in phases.items()}, "fixed_cost_ms": round(fixed_ms, 2),
-        "profile_ms": by_kind, "matmul_gflops": round(matmul_rate / 1e9, 1) if matmul_rate else None,
+        "phases_ms": {k: round(1000 * v / steps, 2) for k, v in phases.items()},
+        "fixed_cost_ms": round(fixed_ms, 2),
+        "profile_ms": by_kind,
+        "matmul_gflops": round(matmul_rate / 1e9, 1) if matmul_rate else None,
         "notes": notes,
-    }  # fmt: skip
+    }
 
 
 def nanogpt_flags(iters: int) -> list:
     """nanoGPT's CPU recipe (its README), cut to `iters` steps; lr_decay_iters keeps its schedule's shape."""
-    return ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
-            "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", f"--max_iters={iters}",
-            "--lr_decay_iters=2000", "--dropout=0.0"]  # fmt: skip
+    return [
+        "--device=cpu",
+        "--compile=False",
+        "--eval_iters=20",
+        "--log_interval=1",
+        "--block_size=64",
+        "--batch_size=12",
+        "--n_layer=4",
+        "--n_head=4",
+        "--n_embd=128",
+        f"--max_iters={iters}",
+        "--lr_decay_iters=2000",
+        "--dropout=0.0",
+    ]
 
 
 def run_nanogpt(checkout: Path, data_dir: Path, iters: int) -> list:
@@ -202,7 +222,10 @@ def run_nanogpt(checkout: Path, data_dir: Path, iters: int) -> list:
             np.asarray(load_split(data_dir, split), dtype=np.uint16).tofile(folder / f"{split}.bin")
         vocab = meta["vocab"]
         with open(folder / "meta.pkl", "wb") as f:  # its format; it reads only vocab_size
-            pickle.dump({"vocab_size": len(vocab), "itos": dict(enumerate(vocab)), "stoi": {c: i for i, c in enumerate(vocab)}}, f)  # fmt: skip
+            pickle.dump(
+                {"vocab_size": len(vocab), "itos": dict(enumerate(vocab)), "stoi": {c: i for i, c in enumerate(vocab)}},
+                f,
+            )
         shutil.copy(checkout / "configurator.py", tmp)
         cmd = [sys.executable, str(checkout / "train.py"), str(checkout / "config" / "train_shakespeare_char.py")]
         proc = subprocess.run([*cmd, *nanogpt_flags(iters)], cwd=tmp, capture_output=True, text=True, timeout=1800)
@@ -236,13 +259,18 @@ def bench_vs_nanogpt(device, data, vocab, data_dir, checkout, quick) -> dict | N
     ratios = [a / b for a, b in zip(ours, theirs)]
     compiled_ratios = [a / b for a, b in zip(ours_compiled, theirs)]
     return {
-        "config": NANOGPT_CPU, "steps": steps, "ms_per_step": [round(x, 2) for x in ours],
-        "nanogpt_ms_per_step": [round(x, 2) for x in theirs], "ratios": [round(x, 3) for x in ratios],
-        "ratio": round(statistics.median(ratios), 3), "target_ratio": 0.85,
-        "compiled_ms_per_step": [round(x, 2) for x in ours_compiled], "compile_seconds": compile_s and round(compile_s, 1),
+        "config": NANOGPT_CPU,
+        "steps": steps,
+        "ms_per_step": [round(x, 2) for x in ours],
+        "nanogpt_ms_per_step": [round(x, 2) for x in theirs],
+        "ratios": [round(x, 3) for x in ratios],
+        "ratio": round(statistics.median(ratios), 3),
+        "target_ratio": 0.85,
+        "compiled_ms_per_step": [round(x, 2) for x in ours_compiled],
+        "compile_seconds": compile_s and round(compile_s, 1),
         "compiled_ratio": round(statistics.median(compiled_ratios), 3) if compiled_ratios else None,
         "nanogpt_command": "python train.py config/train_shakespeare_char.py " + " ".join(nanogpt_flags(steps + 5)),
-    }  # fmt: skip
+    }
 
 
 def bench_compile(device, data, vocab, quick) -> dict | None:
@@ -325,16 +353,23 @@ def bench_generation(device, vocab, quick) -> dict:
         model = GPT(model_config(config_from_preset(None, **arch), len(vocab)), vocab=vocab).to(device).eval()
         prompt = model.encode_prompt("ROMEO:")
         first = [timed(device, next, model.stream(prompt, 10, seed=0)) for _ in range(5)]  # call -> first token
-        res = {"params": model.num_params(), "block_size": arch["block_size"], "prompt_len": prompt.size(1),
-               "first_token_ms": round(1000 * statistics.median(first), 2), **decode_costs(model, device)}  # fmt: skip
+        res = {
+            "params": model.num_params(),
+            "block_size": arch["block_size"],
+            "prompt_len": prompt.size(1),
+            "first_token_ms": round(1000 * statistics.median(first), 2),
+            **decode_costs(model, device),
+        }
         for n in (100,) if quick else (100, 500):
             cached = timed(device, list, model.stream(prompt, n, seed=0))
             uncached = timed(device, nanogpt_generate, model, prompt, n, torch.Generator(device).manual_seed(0))
             res[f"{n}_tokens"] = {
-                "cached_seconds": round(cached, 3), "uncached_seconds": round(uncached, 2),
-                "cached_tokens_per_sec": round(n / cached, 1), "uncached_tokens_per_sec": round(n / uncached, 1),
+                "cached_seconds": round(cached, 3),
+                "uncached_seconds": round(uncached, 2),
+                "cached_tokens_per_sec": round(n / cached, 1),
+                "uncached_tokens_per_sec": round(n / uncached, 1),
                 "speedup": round(uncached / cached, 1),
-            }  # fmt: skip
+            }
         out[name] = res
     return out
 
@@ -346,18 +381,38 @@ def bench_quality(device, data_dir, quick) -> dict:
     runs = []
     for seed in seeds:
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON
-            cfg = config_from_preset("cpu", data_dir=str(data_dir), out_dir=f"{tmp}/run", sample_chars=0, seed=seed, device=device, **shortened)  # fmt: skip
+            cfg = config_from_preset(
+                "cpu",
+                data_dir=str(data_dir),
+                out_dir=f"{tmp}/run",
+                sample_chars=0,
+                seed=seed,
+                device=device,
+                **shortened,
+            )
             summary = train(cfg, progress=False)
             records = [json.loads(line) for line in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
         ms = statistics.median(r["ms_per_step"] for r in records if r.get("ms_per_step"))
-        runs.append({"seed": seed, "best_val_loss": round(summary["best_val_loss"], 4), "steps": summary["steps"],
-                     "train_seconds": round(summary["train_seconds"], 1), "median_ms_per_step": round(ms, 2)})  # fmt: skip
+        runs.append(
+            {
+                "seed": seed,
+                "best_val_loss": round(summary["best_val_loss"], 4),
+                "steps": summary["steps"],
+                "train_seconds": round(summary["train_seconds"], 1),
+                "median_ms_per_step": round(ms, 2),
+            }
+        )
     losses = [r["best_val_loss"] for r in runs]
     return {
-        "preset": "cpu", "config": PRESETS["cpu"], "shortened": shortened or None, "runs": runs,
-        "mean": round(statistics.mean(losses), 4), "min": min(losses), "max": max(losses),
+        "preset": "cpu",
+        "config": PRESETS["cpu"],
+        "shortened": shortened or None,
+        "runs": runs,
+        "mean": round(statistics.mean(losses), 4),
+        "min": min(losses),
+        "max": max(losses),
         "target": "mean best val loss <= 1.56 within 180 s of training on a 2-core CPU, over 3 seeds",
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------------------- in the browser (static Space)
@@ -412,9 +467,13 @@ def page_run(page, url, n) -> dict:
         page.wait_for_function("document.body.dataset.state === 'done'", timeout=300_000)
         runs.append(page.evaluate("window.lastRun"))
     best = max(runs, key=lambda r: r["chars"] / r["seconds"])
-    return {"load_seconds": round(load_s, 1), "chars_per_sec": round(best["chars"] / best["seconds"], 1),
-            "first_char_ms": round(best["firstMs"], 1), "threads": page.evaluate("ort.env.wasm.numThreads"),
-            "isolated": page.evaluate("self.crossOriginIsolated")}  # fmt: skip
+    return {
+        "load_seconds": round(load_s, 1),
+        "chars_per_sec": round(best["chars"] / best["seconds"], 1),
+        "first_char_ms": round(best["firstMs"], 1),
+        "threads": page.evaluate("ort.env.wasm.numThreads"),
+        "isolated": page.evaluate("self.crossOriginIsolated"),
+    }
 
 
 def bench_browser(vocab, n=200) -> dict:
@@ -438,8 +497,16 @@ def bench_browser(vocab, n=200) -> dict:
         # server, because Playwright passing the 14 MB .wasm through route.fulfill() takes seconds of its own
         ort_server = cors_file_server(ORT_WEB_LOCAL)
         ort_url = f"http://127.0.0.1:{ort_server.server_port}/"
-        page.route(ORT_WEB_CDN + "**", lambda route: route.fulfill(status=307, headers={
-            "location": ort_url + route.request.url.removeprefix(ORT_WEB_CDN), "access-control-allow-origin": "*"}))  # fmt: skip
+        page.route(
+            ORT_WEB_CDN + "**",
+            lambda route: route.fulfill(
+                status=307,
+                headers={
+                    "location": ort_url + route.request.url.removeprefix(ORT_WEB_CDN),
+                    "access-control-allow-origin": "*",
+                },
+            ),
+        )
         for name, arch in (("cpu preset", cpu_arch), ("shakespeare-char (10.7M)", SHAKESPEARE_CHAR)):
             torch.manual_seed(0)
             model = GPT(model_config(config_from_preset(None, **arch), len(vocab)), vocab=vocab).eval()
@@ -489,9 +556,13 @@ def browser_table(b) -> list[str]:
     lines = ["", f"{'in the browser (Chromium, WASM)':32} {'threads':>7} {'chars/s':>8} {'first char':>11} {'load':>7}"]
     for name, r in b.items():
         for run in (v for k, v in r.items() if k.endswith("_threads")):
-            lines.append(f"{name:32} {run['threads']:7} {run['chars_per_sec']:8.1f} {run['first_char_ms']:8.1f} ms {run['load_seconds']:5.1f} s")  # fmt: skip
-        lines.append(f"  same graph in onnxruntime (Python, 1 thread): {r['ort_python_1_thread_chars_per_sec']:.0f} chars/s; "
-                     f"PyTorch decode_step {r['torch_decode_step_ms']:.2f} ms")  # fmt: skip
+            lines.append(
+                f"{name:32} {run['threads']:7} {run['chars_per_sec']:8.1f} {run['first_char_ms']:8.1f} ms {run['load_seconds']:5.1f} s"
+            )
+        lines.append(
+            f"  same graph in onnxruntime (Python, 1 thread): {r['ort_python_1_thread_chars_per_sec']:.0f} chars/s; "
+            f"PyTorch decode_step {r['torch_decode_step_ms']:.2f} ms"
+        )
     return lines
 
 
@@ -540,8 +611,11 @@ def serve_users(url, n_users, chars) -> list[dict]:
             if first is None and len(text) > len(prompt):
                 first = time.perf_counter() - t0
         text = job.result()[0]
-        results[i] = {"first_text_s": first, "finish_s": time.perf_counter() - t0,
-                      "right": text.startswith(prompt) and len(text) == len(prompt) + chars}  # fmt: skip
+        results[i] = {
+            "first_text_s": first,
+            "finish_s": time.perf_counter() - t0,
+            "right": text.startswith(prompt) and len(text) == len(prompt) + chars,
+        }
 
     threads = [threading.Thread(target=user, args=(i,)) for i in range(n_users)]
     for t in threads:
@@ -575,11 +649,15 @@ def bench_serving(vocab, app_dir: Path, users=16, chars=200, alone_runs=5) -> di
     def summary(rows, wall):
         first, finish = [r["first_text_s"] or float("nan") for r in rows], [r["finish_s"] for r in rows]
         return {
-            "users": len(rows), "chars_each": chars, "all_right": all(r["right"] for r in rows),
+            "users": len(rows),
+            "chars_each": chars,
+            "all_right": all(r["right"] for r in rows),
             "chars_per_sec": round(len(rows) * chars / wall, 1),
-            "first_text_p50_s": round(percentile(first, 0.5), 3), "first_text_p95_s": round(percentile(first, 0.95), 3),
-            "finish_p50_s": round(percentile(finish, 0.5), 3), "finish_p95_s": round(percentile(finish, 0.95), 3),
-        }  # fmt: skip
+            "first_text_p50_s": round(percentile(first, 0.5), 3),
+            "first_text_p95_s": round(percentile(first, 0.95), 3),
+            "finish_p50_s": round(percentile(finish, 0.5), 3),
+            "finish_p95_s": round(percentile(finish, 0.95), 3),
+        }
 
     # the user alone, run alone_runs times: its rate is that of its median run
     one = {
@@ -589,10 +667,12 @@ def bench_serving(vocab, app_dir: Path, users=16, chars=200, alone_runs=5) -> di
     }
     many = summary(crowd, max(r["finish_s"] for r in crowd))
     return {
-        "app": str(app_dir), "one_user": one, f"{users}_users": many,
+        "app": str(app_dir),
+        "one_user": one,
+        f"{users}_users": many,
         "aggregate_x": round(many["chars_per_sec"] / one["chars_per_sec"], 2),
         "finish_p95_x": round(many["finish_p95_s"] / one["finish_p95_s"], 2),
-    }  # fmt: skip
+    }
 
 
 def batch_agreement(model_dir, text: str, prompts=64, chars=200) -> dict:
@@ -618,13 +698,17 @@ def batch_agreement(model_dir, text: str, prompts=64, chars=200) -> dict:
 
 
 def serving_table(s) -> str:
-    lines = [f"serving: app.py in {s['app']}, 10.7M model, gradio_client users on loopback",
-             f"{'':10} {'chars/s':>9} {'first text p50':>15} {'p95':>7} {'finish p50':>11} {'p95':>7}  all right"]  # fmt: skip
+    lines = [
+        f"serving: app.py in {s['app']}, 10.7M model, gradio_client users on loopback",
+        f"{'':10} {'chars/s':>9} {'first text p50':>15} {'p95':>7} {'finish p50':>11} {'p95':>7}  all right",
+    ]
     for key in (k for k in s if k.endswith(("_user", "_users"))):
         r = s[key]
-        lines.append(f"{r['users']:2} user{'s' if r['users'] > 1 else ' '}   {r['chars_per_sec']:9,.0f} "
-                     f"{r['first_text_p50_s']:13.2f} s {r['first_text_p95_s']:5.2f} s {r['finish_p50_s']:9.2f} s "
-                     f"{r['finish_p95_s']:5.2f} s  {r['all_right']}")  # fmt: skip
+        lines.append(
+            f"{r['users']:2} user{'s' if r['users'] > 1 else ' '}   {r['chars_per_sec']:9,.0f} "
+            f"{r['first_text_p50_s']:13.2f} s {r['first_text_p95_s']:5.2f} s {r['finish_p50_s']:9.2f} s "
+            f"{r['finish_p95_s']:5.2f} s  {r['all_right']}"
+        )
     lines.append(
         f"  {s['aggregate_x']}x the characters/s of one user alone; p95 finish {s['finish_p95_x']}x one user's"
     )
@@ -653,21 +737,26 @@ def table(r) -> str:
         "  " + n["notes"],
         "",
         f"{'generation':26} {'tokens':>6} {'cached tok/s':>13} {'uncached tok/s':>15} {'speed-up':>9} {'first token':>12}",
-    ]  # fmt: skip
+    ]
     for name, g in r["generation"].items():
         for k, v in ((k, v) for k, v in g.items() if k.endswith("_tokens")):
-            lines.append(f"{name:26} {k.split('_')[0]:>6} {v['cached_tokens_per_sec']:13,.0f} {v['uncached_tokens_per_sec']:15,.1f} "
-                         f"{v['speedup']:8.1f}x {g['first_token_ms']:9.1f} ms")  # fmt: skip
+            lines.append(
+                f"{name:26} {k.split('_')[0]:>6} {v['cached_tokens_per_sec']:13,.0f} {v['uncached_tokens_per_sec']:15,.1f} "
+                f"{v['speedup']:8.1f}x {g['first_token_ms']:9.1f} ms"
+            )
     for name, g in r["generation"].items():
         lines.append(
             f"  {name}: one cached token {g['decode_step_ms']:.2f} ms at half context, of which reading the "
             f"{g['weights_mb']:.0f} MB of weights (matrix-vector products alone) {g['matvec_floor_ms']:.2f} ms "
             f"({g['weight_read_gb_per_s']:.0f} GB/s); recomputing a full {g['block_size']}-token window {g['full_window_ms']:.1f} ms"
-        )  # fmt: skip
+        )
     lines += same_run_lines(r)
     short = f" (shortened: {q['shortened']})" if q["shortened"] else ""
     lines += ["", f"quality: cpu preset, best val loss on the whole validation split{short}"]
-    lines += [f"  seed {x['seed']}: {x['best_val_loss']:.4f} after {x['steps']} steps, {x['train_seconds']:.0f} s of training ({x['median_ms_per_step']:.1f} ms/step)" for x in q["runs"]]  # fmt: skip
+    lines += [
+        f"  seed {x['seed']}: {x['best_val_loss']:.4f} after {x['steps']} steps, {x['train_seconds']:.0f} s of training ({x['median_ms_per_step']:.1f} ms/step)"
+        for x in q["runs"]
+    ]
     lines.append(f"  mean {q['mean']:.4f} (min {q['min']:.4f}, max {q['max']:.4f}); target: {q['target']}")
     if r.get("browser"):
         lines += browser_table(r["browser"])
@@ -679,17 +768,25 @@ def same_run_lines(r) -> list:
     lines, v, c = [], r.get("vs_nanogpt"), r.get("compile")
     if v:
         turns = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(v["ms_per_step"], v["nanogpt_ms_per_step"]))
-        lines += ["", f"vs nanoGPT's train.py, same run, its CPU config: ours/nanoGPT ms/step by turn {turns}; "
-                  f"median ratio {v['ratio']:.2f} (target <= {v['target_ratio']})"]  # fmt: skip
+        lines += [
+            "",
+            f"vs nanoGPT's train.py, same run, its CPU config: ours/nanoGPT ms/step by turn {turns}; "
+            f"median ratio {v['ratio']:.2f} (target <= {v['target_ratio']})",
+        ]
         if v["compiled_ratio"] is not None:
-            lines.append(f"  with --compile (compiling took {v['compile_seconds']:.0f} s, not counted): "
-                         + ", ".join(f"{x:.1f}" for x in v["compiled_ms_per_step"]) + f" ms/step, median ratio {v['compiled_ratio']:.2f}")  # fmt: skip
+            lines.append(
+                f"  with --compile (compiling took {v['compile_seconds']:.0f} s, not counted): "
+                + ", ".join(f"{x:.1f}" for x in v["compiled_ms_per_step"])
+                + f" ms/step, median ratio {v['compiled_ratio']:.2f}"
+            )
     elif r["device"] == "cpu":
         lines += ["", "vs nanoGPT's train.py: skipped (pass --nanogpt PATH, a checkout of karpathy/nanoGPT)"]
     for name, row in (c or {}).items():
         turns = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(row["compiled"], row["eager"]))
-        lines.append(f"--compile at {name}: compiled/eager ms/step by turn {turns}; median ratio {row['ratio']:.2f}; "
-                     f"compiling takes {row['compile_seconds']:.0f} s")  # fmt: skip
+        lines.append(
+            f"--compile at {name}: compiled/eager ms/step by turn {turns}; median ratio {row['ratio']:.2f}; "
+            f"compiling takes {row['compile_seconds']:.0f} s"
+        )
     return lines
 
 
@@ -737,9 +834,14 @@ def main(argv=None) -> int:
     peak_dtype = pick_dtype(device)  # fp32 on a CPU; bf16 (fp16 before Ampere) on a GPU, as training uses
     t0, peak = time.perf_counter(), matmul_peak(device, peak_dtype)
     result = {
-        "device": device, "hardware": hardware_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "load_avg_1min": round(os.getloadavg()[0], 2), "quick": args.quick,
-        "peak_dtype": str(peak_dtype).removeprefix("torch."), "peak_gflops": round(peak / 1e9, 1),
+        "device": device,
+        "hardware": hardware_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        "quick": args.quick,
+        "peak_dtype": str(peak_dtype).removeprefix("torch."),
+        "peak_gflops": round(peak / 1e9, 1),
         "training": bench_training(device, data, meta["vocab"], peak, args.quick),
         "nanogpt_cpu": bench_nanogpt_cpu(device, data, meta["vocab"], peak, args.quick),
         "vs_nanogpt": bench_vs_nanogpt(device, data, meta["vocab"], args.data_dir, args.nanogpt, args.quick),
@@ -747,7 +849,7 @@ def main(argv=None) -> int:
         "generation": bench_generation(device, meta["vocab"], args.quick),
         "quality": bench_quality(device, args.data_dir, args.quick),
         "browser": bench_browser(meta["vocab"]) if args.browser else None,
-    }  # fmt: skip
+    }
     # other work on a shared machine slows every number down: the load average says how much there was
     result.update(bench_seconds=round(time.perf_counter() - t0, 1), load_avg_1min_end=round(os.getloadavg()[0], 2))
     text = json.dumps(result, indent=2)

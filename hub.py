@@ -111,9 +111,24 @@ python sample_gpt2.py --model {repo} --prompt "ROMEO:"   # streams to the termin
 python app.py --model {repo}                             # the Gradio app, locally
 ```
 """
-CARD_TRAIN_KEYS = ("optimizer", "batch_size", "grad_accum_steps", "learning_rate", "muon_lr", "min_lr", "schedule",
-                   "warmup_iters", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "eval_interval",
-                   "eval_iters", "seed")  # fmt: skip
+CARD_TRAIN_KEYS = (
+    "optimizer",
+    "batch_size",
+    "grad_accum_steps",
+    "learning_rate",
+    "muon_lr",
+    "min_lr",
+    "schedule",
+    "warmup_iters",
+    "max_iters",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "grad_clip",
+    "eval_interval",
+    "eval_iters",
+    "seed",
+)
 
 
 def render_model_card(config: dict, out_dir: Path, sample: str | None = None, repo_id: str | None = None) -> str:
@@ -197,14 +212,16 @@ def card_results(info: dict) -> str:
         val = f"| validation loss (estimate on {batches} of the validation split) | {info['val_loss']:.4f} |"
     else:
         val = "| validation loss | not measured |"
-    return "\n".join([
-        val,
-        f"| train loss (estimate at the saved step) | {fmt(info.get('train_loss'), '.4f')} |",
-        f"| steps | {fmt(info.get('step'), ',')} |",
-        f"| tokens seen | {fmt(info.get('tokens_seen'), ',')} |",
-        f"| hardware | {fmt(info.get('hardware'))} |",
-        f"| precision | {fmt(info.get('dtype'))} |",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            val,
+            f"| train loss (estimate at the saved step) | {fmt(info.get('train_loss'), '.4f')} |",
+            f"| steps | {fmt(info.get('step'), ',')} |",
+            f"| tokens seen | {fmt(info.get('tokens_seen'), ',')} |",
+            f"| hardware | {fmt(info.get('hardware'))} |",
+            f"| precision | {fmt(info.get('dtype'))} |",
+        ]
+    )
 
 
 def card_settings(config: dict, train_config: dict) -> str:
@@ -291,9 +308,11 @@ def push_model(out_dir, repo_id: str, token: str | None = None, private: bool = 
         with hub_errors(repo_id):
             api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
             api.upload_folder(
-                repo_id=repo_id, folder_path=staging, repo_type="model",
+                repo_id=repo_id,
+                folder_path=staging,
+                repo_type="model",
                 commit_message=f"Upload model (step {model.train_info.get('step')}, val loss {val})",
-            )  # fmt: skip
+            )
     url = f"{constants.ENDPOINT}/{repo_id}"
     print(f"pushed {', '.join(names + ['README.md'])} from {out_dir} to {url}")
     return url
@@ -431,9 +450,11 @@ def deploy_static_space(space_id: str, model_repo: str, token: str | None = None
         with hub_errors(space_id):
             api.create_repo(space_id, repo_type="space", space_sdk="static", exist_ok=True, private=private)
             api.upload_folder(
-                repo_id=space_id, folder_path=staging, repo_type="space",
+                repo_id=space_id,
+                folder_path=staging,
+                repo_type="space",
                 commit_message=f"Deploy the in-browser page for {model_repo}",
-            )  # fmt: skip
+            )
     url = f"{constants.ENDPOINT}/spaces/{space_id}"
     print(f"deployed the static page for {model_repo} to {url} (it needs {model_repo}/onnx/model.onnx: hub.py push)")
     return url
@@ -507,9 +528,13 @@ def deploy_space(space_id: str, model_repo: str, token: str | None = None, api=N
         (staging / "README.md").write_text(render_space_readme(space_id, model_repo, sdk_version), encoding="utf-8")
         with hub_errors(space_id):
             api.create_repo(
-                space_id, repo_type="space", space_sdk="gradio", exist_ok=True, private=private,
+                space_id,
+                repo_type="space",
+                space_sdk="gradio",
+                exist_ok=True,
+                private=private,
                 space_variables=[{"key": "GPT_MODEL", "value": model_repo}],
-            )  # fmt: skip
+            )
             api.upload_folder(
                 repo_id=space_id,
                 folder_path=staging,

@@ -16,7 +16,6 @@ resume.safetensors (the latest state: weights, optimizer, step, RNG, config), me
 
 import argparse
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from cli import add_flags, arg
 from data.prepare import DataError, load_meta, load_split
 from hub import HubError, check_repo_id, push_model, ready_to_upload, render_model_card
 from machine import DeviceError, autocast_context, enable_tf32, hardware_name, pick_device, pick_dtype
@@ -64,46 +64,48 @@ class TrainConfig:
     """Every field is a command-line flag: --n-layer, --learning-rate, ..."""
 
     # data and output
-    data_dir: str = "data"  # folder written by data/prepare.py
-    out_dir: str = "out"  # best model + resume state + metrics go here
-    resume: bool = False  # continue the run saved in out_dir
+    data_dir: str = arg("data", "folder written by data/prepare.py")
+    out_dir: str = arg("out", "best model + resume state + metrics go here")
+    resume: bool = arg(False, "continue the run saved in out_dir")
     # model (GPT-2 architecture)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 64
-    dropout: float = 0.0
-    bias: bool = True
+    n_layer: int = arg(4, "transformer blocks")
+    n_head: int = arg(4, "attention heads per block")
+    n_embd: int = arg(128, "embedding width (channels)")
+    block_size: int = arg(64, "context length in characters")
+    dropout: float = arg(0.0, "dropout probability in training (0 = none)")
+    bias: bool = arg(True, "biases in Linears and LayerNorms, as GPT-2")
     # optimisation
-    batch_size: int = 12  # sequences per micro-batch per process
-    grad_accum_steps: int = 1  # micro-batches per step, summed over all processes
-    optimizer: str = "adamw"  # adamw (every parameter) or muon (Muon for the blocks' matrices, AdamW for the rest)
-    learning_rate: float = 1e-3  # peak learning rate
-    min_lr: float = 1e-4  # the schedule ends here (Muon's ends at the same fraction of --muon-lr)
-    muon_lr: float = 0.02  # Muon's peak learning rate (--optimizer muon; --learning-rate is AdamW's)
-    muon_momentum: float = 0.95  # Muon's momentum (Nesterov)
-    muon_weight_decay: float = 0.0  # Muon's decoupled weight decay
-    schedule: str = "cosine"  # cosine (decay from the warmup's end) or wsd (constant, then linear to min_lr)
-    cooldown_frac: float = 0.4  # wsd: the last fraction of the steps decays linearly to min_lr
-    warmup_iters: int = 100  # linear warmup steps
-    max_iters: int = 2000  # optimizer steps in total
-    max_seconds: float = 0.0  # train for this long (at most --max-iters steps), ending the schedule in time; 0 = off
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
+    batch_size: int = arg(12, "sequences per micro-batch per process")
+    grad_accum_steps: int = arg(1, "micro-batches per step, summed over all processes")
+    optimizer: str = arg("adamw", "adamw (every parameter) or muon (Muon for the blocks' matrices, AdamW for the rest)")
+    learning_rate: float = arg(1e-3, "peak learning rate")
+    min_lr: float = arg(1e-4, "the schedule ends here (Muon's ends at the same fraction of --muon-lr)")
+    muon_lr: float = arg(0.02, "Muon's peak learning rate (--optimizer muon; --learning-rate is AdamW's)")
+    muon_momentum: float = arg(0.95, "Muon's momentum (Nesterov)")
+    muon_weight_decay: float = arg(0.0, "Muon's decoupled weight decay")
+    schedule: str = arg("cosine", "cosine (decay from the warmup's end) or wsd (constant, then linear to min_lr)")
+    cooldown_frac: float = arg(0.4, "wsd: the last fraction of the steps decays linearly to min_lr")
+    warmup_iters: int = arg(100, "linear warmup steps")
+    max_iters: int = arg(2000, "optimizer steps in total")
+    max_seconds: float = arg(
+        0.0, "train for this long (at most --max-iters steps), ending the schedule in time; 0 = off"
+    )
+    weight_decay: float = arg(0.1, "AdamW's decoupled weight decay on matrices and embeddings")
+    beta1: float = arg(0.9, "AdamW's beta1")
+    beta2: float = arg(0.99, "AdamW's beta2")
+    grad_clip: float = arg(1.0, "clip the global gradient norm to this (0 = off)")
     # evaluation and logging
-    eval_interval: int = 250  # steps between evaluations (and checkpoints)
-    eval_iters: int = 20  # batches per split in each evaluation
-    log_interval: int = 10  # steps between log lines
-    sample_chars: int = 300  # characters of each sample printed at the end (0 = none)
+    eval_interval: int = arg(250, "steps between evaluations (and checkpoints)")
+    eval_iters: int = arg(20, "batches per split in each evaluation")
+    log_interval: int = arg(10, "steps between log lines")
+    sample_chars: int = arg(300, "characters of each sample printed at the end (0 = none)")
     # system
-    device: str = "auto"  # auto = cuda > mps > cpu
-    dtype: str = "auto"  # auto = bf16 on CUDA with compute capability >= 8, fp16 on older CUDA, fp32 otherwise
-    compile: bool = False  # torch.compile the model (falls back to eager if compilation fails)
-    seed: int = 1337
-    max_nonfinite_steps: int = 5  # stop after this many non-finite losses in a row
-    push_to_hub: str = ""  # ORG/NAME: push the best model to the Hub at the end
+    device: str = arg("auto", "auto = cuda > mps > cpu")
+    dtype: str = arg("auto", "auto = bf16 on CUDA with compute capability >= 8, fp16 on older CUDA, fp32 otherwise")
+    compile: bool = arg(False, "torch.compile the model (falls back to eager if compilation fails)")
+    seed: int = arg(1337, "random seed: weights, batches, dropout")
+    max_nonfinite_steps: int = arg(5, "stop after this many non-finite losses in a row")
+    push_to_hub: str = arg("", "ORG/NAME: push the best model to the Hub at the end")
 
 
 # Flags override the preset; the preset overrides the defaults above.
@@ -113,21 +115,56 @@ PRESETS = {
     # then a linear cooldown; 1,600 steps sized for ~100 ms a step (a quiet 2-core Xeon); a slower or busier
     # machine stops at 180 s with the cooldown done
     "cpu": dict(
-        n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0, batch_size=16, optimizer="muon",
-        muon_lr=0.02, learning_rate=4e-3, min_lr=4e-4, schedule="wsd", cooldown_frac=0.4, warmup_iters=100,
-        max_iters=1600, max_seconds=180, eval_interval=400, eval_iters=20,
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        block_size=128,
+        dropout=0.0,
+        batch_size=16,
+        optimizer="muon",
+        muon_lr=0.02,
+        learning_rate=4e-3,
+        min_lr=4e-4,
+        schedule="wsd",
+        cooldown_frac=0.4,
+        warmup_iters=100,
+        max_iters=1600,
+        max_seconds=180,
+        eval_interval=400,
+        eval_iters=20,
     ),
     # nanoGPT's shakespeare-char GPU recipe: 10.7M parameters
     "shakespeare-char": dict(
-        n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=64,
-        learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=5000, eval_interval=250, eval_iters=200,
+        n_layer=6,
+        n_head=6,
+        n_embd=384,
+        block_size=256,
+        dropout=0.2,
+        batch_size=64,
+        learning_rate=1e-3,
+        min_lr=1e-4,
+        warmup_iters=100,
+        max_iters=5000,
+        eval_interval=250,
+        eval_iters=200,
     ),
     # the course's GPT-2 124M (12 layers, 12 heads, 768 dim, context 1024)
     "gpt2-124m": dict(
-        n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.2, batch_size=8, grad_accum_steps=4,
-        learning_rate=3e-4, min_lr=3e-5, warmup_iters=200, max_iters=3000, eval_interval=250, eval_iters=50,
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        block_size=1024,
+        dropout=0.2,
+        batch_size=8,
+        grad_accum_steps=4,
+        learning_rate=3e-4,
+        min_lr=3e-5,
+        warmup_iters=200,
+        max_iters=3000,
+        eval_interval=250,
+        eval_iters=50,
     ),
-}  # fmt: skip
+}
 
 
 # settings of the command, never of the run: --resume doesn't take them from the saved run ...
@@ -158,25 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help="start from a recipe; flags override it")
-    comments = _field_comments()
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = comments.get(f.name, " ")
-        if f.type is bool:
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
-        else:
-            ap.add_argument(flag, type=f.type, default=f.default, metavar=f.type.__name__.upper(), help=help_text)
+    add_flags(ap, TrainConfig)
     return ap
-
-
-def _field_comments() -> dict:
-    """The trailing comments of TrainConfig's fields, used as --help text."""
-    out = {}
-    for line in inspect.getsource(TrainConfig).splitlines():
-        name, _, rest = line.strip().partition(":")
-        if "#" in rest and name.isidentifier():
-            out[name] = rest.split("#", 1)[1].strip()
-    return out
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -567,8 +587,15 @@ class Logger:
         if step % self.cfg.log_interval == 0 or step == last_step:
             dt = time.perf_counter() - self.t0
             tokens_per_sec = self.steps_since * tokens_per_step(self.cfg) / dt
-            self.record({"step": step, "train_loss": loss.item(), "lr": lr, "tokens_per_sec": tokens_per_sec,
-                         "ms_per_step": 1000 * dt / self.steps_since})  # fmt: skip
+            self.record(
+                {
+                    "step": step,
+                    "train_loss": loss.item(),
+                    "lr": lr,
+                    "tokens_per_sec": tokens_per_sec,
+                    "ms_per_step": 1000 * dt / self.steps_since,
+                }
+            )
             self.t0, self.steps_since = time.perf_counter(), 0
 
     @contextmanager
@@ -701,8 +728,11 @@ def check_resume(cfg: TrainConfig, meta: dict) -> tuple[dict, dict] | None:
         return None
     saved_meta, tensors = read_resume_state(out_dir / "resume.safetensors")
     saved = saved_meta["config"]
-    changed = [f"--{k.replace('_', '-')} (saved {saved[k]}, given {getattr(cfg, k)})"
-               for k in FIXED_ON_RESUME if saved[k] != getattr(cfg, k)]  # fmt: skip
+    changed = [
+        f"--{k.replace('_', '-')} (saved {saved[k]}, given {getattr(cfg, k)})"
+        for k in FIXED_ON_RESUME
+        if saved[k] != getattr(cfg, k)
+    ]
     if changed:
         raise ConfigError(
             f"--resume: the run in {out_dir} has a different architecture: {', '.join(changed)}. "
@@ -754,8 +784,16 @@ def start_run(cfg, machine: Machine, meta: dict, train_data, val_data, resume, p
     """The trainer, restored from the saved state when resuming; the log; the fixed evaluation batches."""
     trainer = build_trainer(cfg, machine, train_data, meta["vocab"])
     out_dir = Path(cfg.out_dir)
-    run = Run(trainer, out_dir, meta["vocab"], meta.get("name", Path(cfg.data_dir).name), val_data,
-              eval_batches(cfg, train_data, val_data, machine.device), log=None, max_iters=cfg.max_iters)  # fmt: skip
+    run = Run(
+        trainer,
+        out_dir,
+        meta["vocab"],
+        meta.get("name", Path(cfg.data_dir).name),
+        val_data,
+        eval_batches(cfg, train_data, val_data, machine.device),
+        log=None,
+        max_iters=cfg.max_iters,
+    )
     if resume is not None:
         saved_meta, tensors = resume
         restore_resume_state(tensors, saved_meta, trainer.model, trainer.optimizers, trainer.scaler)
@@ -784,8 +822,10 @@ def eval_batches(cfg: TrainConfig, train_data, val_data, device: str) -> dict:
     out = {}
     for split_id, (name, data) in enumerate((("train", train_data), ("val", val_data))):
         seeds = ([cfg.seed, 2**32 - 1, split_id, i] for i in range(cfg.eval_iters))
-        out[name] = [make_batch(data, batch_starts(len(data), cfg.block_size, cfg.batch_size, s), cfg.block_size, device)
-                     for s in seeds]  # fmt: skip
+        out[name] = [
+            make_batch(data, batch_starts(len(data), cfg.block_size, cfg.batch_size, s), cfg.block_size, device)
+            for s in seeds
+        ]
     return out
 
 
@@ -812,8 +852,11 @@ def print_header(run: Run, saved_meta: dict | None) -> None:
     )
     if saved_meta is not None:
         saved = saved_meta["config"]
-        changed = [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in asdict(cfg).items()
-                   if k not in COMMAND_ONLY and k in saved and saved[k] != v]  # fmt: skip
+        changed = [
+            f"--{k.replace('_', '-')} {saved[k]} -> {v}"
+            for k, v in asdict(cfg).items()
+            if k not in COMMAND_ONLY and k in saved and saved[k] != v
+        ]
         if changed:
             log.print("changed since the run was saved: " + ", ".join(changed))
 
@@ -855,8 +898,12 @@ def train_step(trainer: Trainer, step: int, factor: float, mark=None) -> tuple[t
     for micro in range(accum):
         global_micro = m.rank * accum + micro  # process r takes micro-batches r*accum ... r*accum+accum-1
         seeds = [cfg.seed, step, global_micro]
-        x, y = make_batch(trainer.train_data, batch_starts(len(trainer.train_data), cfg.block_size, cfg.batch_size, seeds),
-                          cfg.block_size, m.device)  # fmt: skip
+        x, y = make_batch(
+            trainer.train_data,
+            batch_starts(len(trainer.train_data), cfg.block_size, cfg.batch_size, seeds),
+            cfg.block_size,
+            m.device,
+        )
         mark("data")
         # DDP all-reduces the gradients only on the last micro-step
         sync = nullcontext() if (not m.ddp or micro == accum - 1) else trainer.forward.no_sync()
@@ -909,25 +956,46 @@ def evaluate_and_save(run: Run) -> None:
             save_resume_state(run.out_dir / "resume.safetensors", t.model, t.optimizers, t.scaler, resume_meta(run))
         else:
             warnings.warn(f"step {run.step}: evaluation is not finite; resume.safetensors kept as it was", stacklevel=1)
-    run.log.record({"step": run.step, "train_loss": losses["train"], "val_loss": losses["val"],
-                    "lr": get_lr(run.step, t.cfg, run.max_iters), "tokens_per_sec": None, "saved": improved})  # fmt: skip
+    run.log.record(
+        {
+            "step": run.step,
+            "train_loss": losses["train"],
+            "val_loss": losses["val"],
+            "lr": get_lr(run.step, t.cfg, run.max_iters),
+            "tokens_per_sec": None,
+            "saved": improved,
+        }
+    )
 
 
 def resume_meta(run: Run) -> dict:
     """The JSON half of the resume state (the tensors are the model's and the optimizers')."""
     cfg = run.trainer.cfg
-    return {"step": run.step, "best_val_loss": run.best_val, "config": asdict(cfg), "vocab": run.vocab,
-            "world_size": run.trainer.machine.world, "max_iters": run.max_iters, "train_seconds": run.seconds()}  # fmt: skip
+    return {
+        "step": run.step,
+        "best_val_loss": run.best_val,
+        "config": asdict(cfg),
+        "vocab": run.vocab,
+        "world_size": run.trainer.machine.world,
+        "max_iters": run.max_iters,
+        "train_seconds": run.seconds(),
+    }
 
 
 def train_info(run: Run, losses: dict) -> dict:
     """The facts about training saved with the best model (config.json's train_info, the model card)."""
     cfg, m = run.trainer.cfg, run.trainer.machine
     return {
-        "step": run.step, "val_loss": round(losses["val"], 4), "train_loss": round(losses["train"], 4),
-        "tokens_seen": run.step * tokens_per_step(cfg), "hardware": hardware_name(m.device), "world_size": m.world,
-        "dtype": str(m.dtype).replace("torch.", ""), "dataset": run.dataset, "train_config": asdict(cfg),
-    }  # fmt: skip
+        "step": run.step,
+        "val_loss": round(losses["val"], 4),
+        "train_loss": round(losses["train"], 4),
+        "tokens_seen": run.step * tokens_per_step(cfg),
+        "hardware": hardware_name(m.device),
+        "world_size": m.world,
+        "dtype": str(m.dtype).replace("torch.", ""),
+        "dataset": run.dataset,
+        "train_config": asdict(cfg),
+    }
 
 
 def stop_at(run: Run, finite: bool, signum: int):
@@ -956,8 +1024,12 @@ def stop_at(run: Run, finite: bool, signum: int):
 def finish(run: Run, train_seconds: float) -> dict:
     """The best model scored on the whole validation split, the loss plot, the card, samples, the push."""
     cfg, m = run.trainer.cfg, run.trainer.machine
-    summary = {"out_dir": str(run.out_dir), "steps": run.step, "best_val_loss_estimate": run.best_val,
-               "train_seconds": train_seconds}  # fmt: skip
+    summary = {
+        "out_dir": str(run.out_dir),
+        "steps": run.step,
+        "best_val_loss_estimate": run.best_val,
+        "train_seconds": train_seconds,
+    }
     if not m.master:
         return summary
     best = load_model(run.out_dir, m.device)
@@ -965,8 +1037,10 @@ def finish(run: Run, train_seconds: float) -> dict:
     plot_losses(run.out_dir)
     update_model_info(run.out_dir, val_loss_full=round(full_val, 4))
     summary["best_val_loss"] = full_val
-    print(f"best model: val loss {full_val:.4f} on the whole validation split ({len(run.val_data):,} characters), "
-          f"at step {best.train_info['step']}; saved in {run.out_dir}; training took {train_seconds:.0f} s")  # fmt: skip
+    print(
+        f"best model: val loss {full_val:.4f} on the whole validation split ({len(run.val_data):,} characters), "
+        f"at step {best.train_info['step']}; saved in {run.out_dir}; training took {train_seconds:.0f} s"
+    )
     for i in range(2 if cfg.sample_chars > 0 else 0):
         print(f"--- sample {i + 1} (temperature 0.8) ---")
         print(best.generate_text(best.tokenizer.start_text, cfg.sample_chars, temperature=0.8, seed=cfg.seed + i))

@@ -15,8 +15,11 @@ def test_tiny_shakespeare_split_counts(shakespeare_path, tmp_path):
     """The numbers the course and the design card state, from the command a user runs."""
     out = subprocess.run(
         [sys.executable, "data/prepare.py", "--input", str(shakespeare_path), "--out-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "1,115,394 characters, vocabulary of 65" in out
     assert "train: 1,003,854 tokens, val: 111,540 tokens" in out
     meta = json.loads((tmp_path / "meta.json").read_text())
@@ -61,8 +64,10 @@ def test_bad_input_text(tmp_path, content, match):
         prep.read_text(path)
     proc = subprocess.run(
         [sys.executable, "data/prepare.py", "--input", str(path), "--out-dir", str(tmp_path / "out")],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "error:" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 

@@ -112,7 +112,12 @@ def test_a_huge_model_is_refused_before_memory_grows(tiny_model_dir, prepared_da
 def small_run(prepared_data, tmp_path_factory) -> Path:
     """A finished 20-step run: model.safetensors, resume.safetensors, metrics.jsonl..."""
     out = tmp_path_factory.mktemp("run") / "out"
-    tg.train(tg.config_from_preset(None, data_dir=str(prepared_data), out_dir=str(out), **TINY, max_iters=20, eval_interval=10), progress=False)  # fmt: skip
+    tg.train(
+        tg.config_from_preset(
+            None, data_dir=str(prepared_data), out_dir=str(out), **TINY, max_iters=20, eval_interval=10
+        ),
+        progress=False,
+    )
     return out
 
 
@@ -223,8 +228,13 @@ def test_a_signal_stops_after_the_step_and_resuming_gives_the_uninterrupted_weig
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     run_train(*flags, f"--out-dir={whole}")
 
-    proc = subprocess.Popen([sys.executable, "train_gpt2.py", *flags, f"--out-dir={stopped}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "train_gpt2.py", *flags, f"--out-dir={stopped}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_step(stopped, 50, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -257,11 +267,22 @@ def test_torchrun_processes_stop_at_the_same_step_on_sigterm(prepared_data, tmp_
     ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    done = subprocess.run([*torchrun, "train_gpt2.py", *flags, f"--out-dir={whole}"], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [*torchrun, "train_gpt2.py", *flags, f"--out-dir={whole}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
-    proc = subprocess.Popen([*torchrun, "train_gpt2.py", *flags, f"--out-dir={stopped}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*torchrun, "train_gpt2.py", *flags, f"--out-dir={stopped}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_step(stopped, 30, proc)
     t = time.time()
     proc.send_signal(signal.SIGTERM)
@@ -272,7 +293,9 @@ def test_torchrun_processes_stop_at_the_same_step_on_sigterm(prepared_data, tmp_
     assert f"stopped: SIGTERM at step {step} of 300: the training state at step {step} is saved" in err, err[-3000:]
     command = err.split("Continue with:\n")[1].splitlines()[0].strip()
     assert command == f"torchrun --standalone --nproc_per_node=2 train_gpt2.py --out-dir {stopped} --resume"
-    resumed = subprocess.run([*torchrun, *shlex.split(command)[3:]], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    resumed = subprocess.run(
+        [*torchrun, *shlex.split(command)[3:]], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(resume_weights(stopped), resume_weights(whole))
 
@@ -285,8 +308,11 @@ def test_prepare_into_a_file_or_an_unwritable_place(tmp_path, shakespeare_path, 
     a_file.write_text("mine")
     for out_dir, message in [
         (a_file, f"error: --out-dir {a_file} is a file, not a folder: choose another --out-dir"),
-        (a_file / "sub", f"error: cannot write to --out-dir {a_file / 'sub'} (Not a directory): choose a folder you can write to"),
-    ]:  # fmt: skip
+        (
+            a_file / "sub",
+            f"error: cannot write to --out-dir {a_file / 'sub'} (Not a directory): choose a folder you can write to",
+        ),
+    ]:
         assert prepare_main(["--input", str(shakespeare_path), "--out-dir", str(out_dir)]) == 1
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
@@ -330,10 +356,22 @@ def test_meta_json_and_bin_files_must_belong_together(tmp_path, shakespeare_text
 @pytest.mark.slow
 def test_samples_stream_and_ctrl_c_keeps_what_was_generated(tiny_model_dir):
     proc = subprocess.Popen(
-        [sys.executable, "sample_gpt2.py", "--model", str(tiny_model_dir), "--prompt", "ROMEO:",
-         "--num-samples", "3", "--max-new-tokens", "50000"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "sample_gpt2.py",
+            "--model",
+            str(tiny_model_dir),
+            "--prompt",
+            "ROMEO:",
+            "--num-samples",
+            "3",
+            "--max-new-tokens",
+            "50000",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     first = proc.stdout.read(200)  # the first sample arrives as it is generated, long before 3 x 50,000 characters
     assert first.startswith(b"ROMEO:")
     proc.send_signal(signal.SIGINT)
@@ -355,7 +393,9 @@ def test_weights_files_follow_the_umask(prepared_data, tmp_path, shakespeare_voc
     old = os.umask(umask)
     try:
         make_tiny_model(shakespeare_vocab).save_pretrained(tmp_path / "model")
-        cfg = tg.config_from_preset(None, data_dir=str(prepared_data), out_dir=str(tmp_path / "run"), **TINY, max_iters=10, eval_interval=10)  # fmt: skip
+        cfg = tg.config_from_preset(
+            None, data_dir=str(prepared_data), out_dir=str(tmp_path / "run"), **TINY, max_iters=10, eval_interval=10
+        )
         tg.train(cfg, progress=False)
     finally:
         os.umask(old)

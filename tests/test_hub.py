@@ -87,9 +87,18 @@ def trained_out(tmp_path_factory, prepared_data) -> Path:
 
     out = tmp_path_factory.mktemp("trained") / "out"
     cfg = config_from_preset(
-        "cpu", data_dir=str(prepared_data), out_dir=str(out), max_iters=20, eval_interval=10, eval_iters=2,
-        n_layer=1, n_embd=32, n_head=2, block_size=32, sample_chars=0,
-    )  # fmt: skip
+        "cpu",
+        data_dir=str(prepared_data),
+        out_dir=str(out),
+        max_iters=20,
+        eval_interval=10,
+        eval_iters=2,
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        block_size=32,
+        sample_chars=0,
+    )
     train(cfg, progress=False)
     return out
 
@@ -324,9 +333,12 @@ def test_deploy_sends_the_app_cpu_requirements_and_space_card(space_root, online
     assert [c[0] for c in api.calls] == ["create_repo", "upload_folder", "add_space_variable"]
     assert api.calls[0][1] == (SPACE,)
     assert api.calls[0][2] == {
-        "repo_type": "space", "space_sdk": "gradio", "exist_ok": True, "private": False,
+        "repo_type": "space",
+        "space_sdk": "gradio",
+        "exist_ok": True,
+        "private": False,
         "space_variables": [{"key": "GPT_MODEL", "value": REPO}],
-    }  # fmt: skip
+    }
     assert api.calls[1][2]["repo_id"] == SPACE and api.calls[1][2]["repo_type"] == "space"
     assert api.calls[2][1] == (SPACE, "GPT_MODEL", REPO)  # updates an existing Space too
     assert set(api.sent) == {"app.py", "model_gpt2.py", "requirements.txt", "README.md"}

@@ -71,15 +71,24 @@ def test_preset_parameter_counts(preset):
 def test_parameter_names_match_nanogpt_and_no_mask_buffer():
     model = make_tiny_model("abc", n_layer=1)
     expected = {
-        "transformer.wte.weight", "transformer.wpe.weight",
-        "transformer.h.0.ln_1.weight", "transformer.h.0.ln_1.bias",
-        "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
-        "transformer.h.0.attn.c_proj.weight", "transformer.h.0.attn.c_proj.bias",
-        "transformer.h.0.ln_2.weight", "transformer.h.0.ln_2.bias",
-        "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_fc.bias",
-        "transformer.h.0.mlp.c_proj.weight", "transformer.h.0.mlp.c_proj.bias",
-        "transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight",
-    }  # fmt: skip
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+        "transformer.h.0.ln_1.weight",
+        "transformer.h.0.ln_1.bias",
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.0.attn.c_attn.bias",
+        "transformer.h.0.attn.c_proj.weight",
+        "transformer.h.0.attn.c_proj.bias",
+        "transformer.h.0.ln_2.weight",
+        "transformer.h.0.ln_2.bias",
+        "transformer.h.0.mlp.c_fc.weight",
+        "transformer.h.0.mlp.c_fc.bias",
+        "transformer.h.0.mlp.c_proj.weight",
+        "transformer.h.0.mlp.c_proj.bias",
+        "transformer.ln_f.weight",
+        "transformer.ln_f.bias",
+        "lm_head.weight",
+    }
     assert set(model.state_dict()) == expected
     assert list(model.buffers()) == []
 

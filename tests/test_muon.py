@@ -119,8 +119,17 @@ def test_a_time_budget_sets_the_length_until_the_cooldown_starts():
 @pytest.mark.slow
 def test_max_seconds_ends_the_run_cooled_within_the_budget(prepared_data, tmp_path):
     out = tmp_path / "out"
-    proc = run_train(f"--data-dir={prepared_data}", f"--out-dir={out}", *TINY_FLAGS, *MUON_FLAGS, "--log-interval=1",
-                     "--max-iters=1000000", "--max-seconds=8", "--eval-interval=100", "--warmup-iters=10")  # fmt: skip
+    proc = run_train(
+        f"--data-dir={prepared_data}",
+        f"--out-dir={out}",
+        *TINY_FLAGS,
+        *MUON_FLAGS,
+        "--log-interval=1",
+        "--max-iters=1000000",
+        "--max-seconds=8",
+        "--eval-interval=100",
+        "--warmup-iters=10",
+    )
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logs = [r for r in recs if "val_loss" not in r]
     meta = tg.read_resume_meta(out / "resume.safetensors")
@@ -147,8 +156,12 @@ def test_kill_and_resume_with_muon_equals_an_uninterrupted_run(prepared_data, tm
     ]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_train(*flags, f"--out-dir={whole}")
-    proc = subprocess.Popen([sys.executable, "train_gpt2.py", *flags, f"--out-dir={killed}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "train_gpt2.py", *flags, f"--out-dir={killed}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -175,13 +188,25 @@ def test_kill_and_resume_with_muon_equals_an_uninterrupted_run(prepared_data, tm
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_process_with_accumulation_with_muon(prepared_data, tmp_path):
-    flags = [f"--data-dir={prepared_data}", *TINY_FLAGS, *MUON_FLAGS, "--max-iters=30", "--eval-interval=15",
-             "--grad-accum-steps=2"]  # fmt: skip
+    flags = [
+        f"--data-dir={prepared_data}",
+        *TINY_FLAGS,
+        *MUON_FLAGS,
+        "--max-iters=30",
+        "--eval-interval=15",
+        "--grad-accum-steps=2",
+    ]
     run_train(*flags, f"--out-dir={tmp_path / 'one'}")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.run([*torchrun, "train_gpt2.py", *flags, f"--out-dir={tmp_path / 'two'}"], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [*torchrun, "train_gpt2.py", *flags, f"--out-dir={tmp_path / 'two'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout and "muon, wsd schedule" in proc.stdout
     assert_same_weights(resume_weights(tmp_path / "one"), resume_weights(tmp_path / "two"), atol=2e-5)
@@ -209,6 +234,15 @@ def test_cuda_uses_torch_muon_and_learns(prepared_data, tmp_path):
     model = make_tiny_model("abcd").cuda()
     adamw, muon = build_optimizers(model, tg.TrainConfig(optimizer="muon"), "cuda")
     assert type(muon) is torch.optim.Muon and adamw.defaults["fused"] is True
-    cfg = tg.config_from_preset(None, data_dir=str(prepared_data), out_dir=str(tmp_path / "o"), **TINY,
-                                optimizer="muon", schedule="wsd", max_iters=100, eval_interval=50, device="cuda")  # fmt: skip
+    cfg = tg.config_from_preset(
+        None,
+        data_dir=str(prepared_data),
+        out_dir=str(tmp_path / "o"),
+        **TINY,
+        optimizer="muon",
+        schedule="wsd",
+        max_iters=100,
+        eval_interval=50,
+        device="cuda",
+    )
     assert tg.train(cfg, progress=False)["best_val_loss"] < 3.0

@@ -23,7 +23,7 @@ def run_all(*arg_lists):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for args in arg_lists
     ]
     return [(p.returncode, out, err) for p in procs for out, err in [p.communicate(timeout=300)]]

@@ -27,8 +27,15 @@ ORT_VERSION = "1.30.0"
 ORT_CDN = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_VERSION}/dist/"
 ORT_LOCAL = ROOT / ".npm-test" / "node_modules" / "onnxruntime-web" / "dist"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 PROMPT, N = "ROMEO:", 200
 
 
@@ -42,9 +49,18 @@ def trained_dir(tmp_path_factory, prepared_data) -> Path:
 
     out = tmp_path_factory.mktemp("trained") / "out"
     cfg = config_from_preset(
-        "cpu", data_dir=str(prepared_data), out_dir=str(out), max_iters=60, eval_interval=30, eval_iters=2,
-        n_layer=2, n_embd=32, n_head=2, block_size=32, sample_chars=0,
-    )  # fmt: skip
+        "cpu",
+        data_dir=str(prepared_data),
+        out_dir=str(out),
+        max_iters=60,
+        eval_interval=30,
+        eval_iters=2,
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        block_size=32,
+        sample_chars=0,
+    )
     train(cfg, progress=False)
     return out
 

@@ -133,9 +133,16 @@ def short_run(prepared_data, tmp_path_factory):
     """A short CPU run of the real script: 300 steps of a small model."""
     out = tmp_path_factory.mktemp("run") / "out"
     proc = run_train(
-        f"--data-dir={prepared_data}", f"--out-dir={out}", *TINY_FLAGS, "--max-iters=300", "--eval-interval=100",
-        "--learning-rate=4e-3", "--min-lr=4e-4", "--warmup-iters=20", "--sample-chars=80",
-    )  # fmt: skip
+        f"--data-dir={prepared_data}",
+        f"--out-dir={out}",
+        *TINY_FLAGS,
+        "--max-iters=300",
+        "--eval-interval=100",
+        "--learning-rate=4e-3",
+        "--min-lr=4e-4",
+        "--warmup-iters=20",
+        "--sample-chars=80",
+    )
     return out, proc
 
 
@@ -158,17 +165,32 @@ def test_short_cpu_run_learns_and_saves_the_best_model(short_run):
     assert info["tokens_seen"] == best["step"] * 8 * 32
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "config.json", "loss.png", "metrics.jsonl", "model.safetensors", "resume.safetensors",
-        "tokenizer.json", "tokenizer_config.json",
-    ]  # fmt: skip
+        "README.md",
+        "config.json",
+        "loss.png",
+        "metrics.jsonl",
+        "model.safetensors",
+        "resume.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
 
 
 @pytest.mark.slow
 def test_a_worse_evaluation_never_overwrites_the_best_model(prepared_data, tmp_path):
     """Once val loss gets worse (a learning rate far too high), the saved model stays the best one."""
     out = tmp_path / "out"
-    run_train(f"--data-dir={prepared_data}", f"--out-dir={out}", *TINY_FLAGS, "--max-iters=60", "--eval-interval=10",
-              "--learning-rate=0.3", "--min-lr=0.3", "--warmup-iters=0", "--grad-clip=0")  # fmt: skip
+    run_train(
+        f"--data-dir={prepared_data}",
+        f"--out-dir={out}",
+        *TINY_FLAGS,
+        "--max-iters=60",
+        "--eval-interval=10",
+        "--learning-rate=0.3",
+        "--min-lr=0.3",
+        "--warmup-iters=0",
+        "--grad-clip=0",
+    )
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
     assert any(not r["saved"] for r in evals)
     best = min(evals, key=lambda r: r["val_loss"])
@@ -182,8 +204,12 @@ def test_kill_and_resume_equals_an_uninterrupted_run(prepared_data, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_train(*flags, f"--out-dir={whole}")
 
-    proc = subprocess.Popen([sys.executable, "train_gpt2.py", *flags, f"--out-dir={killed}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "train_gpt2.py", *flags, f"--out-dir={killed}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -219,8 +245,14 @@ def test_torchrun_two_processes_match_one_process_with_accumulation(prepared_dat
     run_train(*flags, f"--out-dir={tmp_path / 'one'}")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.run([*torchrun, "train_gpt2.py", *flags, f"--out-dir={tmp_path / 'two'}"], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [*torchrun, "train_gpt2.py", *flags, f"--out-dir={tmp_path / 'two'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("device cpu") == 1  # only rank 0 prints
     assert "2 process(es)" in proc.stdout

@@ -96,9 +96,19 @@ def trained_long_context(tmp_path_factory, prepared_data):
 
     out = tmp_path_factory.mktemp("trained256") / "out"
     cfg = config_from_preset(
-        "cpu", data_dir=str(prepared_data), out_dir=str(out), max_iters=40, eval_interval=20, eval_iters=2,
-        n_layer=2, n_embd=32, n_head=2, block_size=256, batch_size=4, sample_chars=0,
-    )  # fmt: skip
+        "cpu",
+        data_dir=str(prepared_data),
+        out_dir=str(out),
+        max_iters=40,
+        eval_interval=20,
+        eval_iters=2,
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        block_size=256,
+        batch_size=4,
+        sample_chars=0,
+    )
     train(cfg, progress=False)
     return out
 
