@@ -25,20 +25,27 @@ import sys
 import threading
 import time
 import warnings
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from checkpoint import (
+    atomic_write_text,
+    read_resume_meta,
+    read_resume_state,
+    restore_resume_state,
+    save_best_model,
+    save_resume_state,
+    update_model_info,
+)
 from cli import add_flags, arg
 from data.prepare import DataError, load_meta, load_split
-from hub import HubError, check_repo_id, push_model, ready_to_upload, render_model_card
+from hub import HubError, check_repo_id, push_model, ready_to_upload
 from machine import DeviceError, autocast_context, enable_tf32, hardware_name, pick_device, pick_dtype
 from model_gpt2 import (
     GPT,
@@ -46,8 +53,6 @@ from model_gpt2 import (
     GPTConfig,
     ModelTooLargeError,
     check_fits,
-    damaged_file_error,
-    follow_umask,
     load_model,
     readable_safetensors,
 )
@@ -407,135 +412,6 @@ def evaluate_split(model, data: np.ndarray, block_size: int, batch_size: int, de
             count += y.numel()
     model.train(was_training)
     return total / count
-
-
-# ---------------------------------------------------------------------------- checkpoints
-
-
-def _durable_replace(src: Path, dst: Path) -> None:
-    """Rename src over dst once src's bytes are on disk, then record the rename: after a crash or a
-    power cut, dst is the old file or the new one, whole. The rename is atomic in any case; where a
-    file system cannot fsync (some network or FUSE mounts), that step is skipped."""
-    follow_umask(src)  # safetensors creates its files 0600; the folder's other files follow the umask
-    _fsync(src, os.O_RDWR)  # write access: Windows flushes only a handle opened for writing
-    os.replace(src, dst)
-    if hasattr(os, "O_DIRECTORY"):  # POSIX: the directory entry too
-        _fsync(dst.parent, os.O_RDONLY | os.O_DIRECTORY)
-
-
-def _fsync(path: Path, flags: int) -> None:
-    with suppress(OSError):
-        fd = os.open(path, flags)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _replace_into(src_dir: Path, out_dir: Path, names) -> None:
-    for name in names:  # each rename is atomic; weights first, config.json last (same run: same architecture)
-        if (src_dir / name).exists():
-            _durable_replace(src_dir / name, out_dir / name)
-
-
-def save_best_model(model: GPT, out_dir: Path) -> None:
-    """Write the model in Hugging Face format into out_dir without ever leaving a half-written file."""
-    tmp = out_dir / ".tmp-model"
-    tmp.mkdir(exist_ok=True)
-    model.save_pretrained(tmp)
-    (tmp / "README.md").write_text(render_model_card(model.hub_config(), out_dir), encoding="utf-8")
-    _replace_into(
-        tmp, out_dir, ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md", "config.json"]
-    )
-    for leftover in tmp.iterdir():
-        leftover.unlink()
-    tmp.rmdir()
-
-
-def update_model_info(out_dir: Path, **info) -> None:
-    """Add facts to train_info in the saved config.json (atomically), and refresh the model card."""
-    path = out_dir / "config.json"
-    config = json.loads(path.read_text())
-    config["train_info"] = {**config.get("train_info", {}), **info}
-    atomic_write_text(out_dir / "README.md", render_model_card(config, out_dir))
-    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    _durable_replace(tmp, path)
-
-
-def _optim_prefix(i: int) -> str:
-    return "optim" if i == 0 else f"optim{i}"  # the first (AdamW) named as when it was the only one
-
-
-def save_resume_state(path: Path, model: GPT, optimizers, scaler, state: dict) -> None:
-    """Everything needed to continue exactly: weights, AdamW moments (and Muon's momentum), RNG, and
-    (as JSON) the rest. Tensors in safetensors, the rest in its metadata: one file, replaced
-    atomically, nothing pickled. optimizers: one optimizer or a list."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to wte
-    meta = {**state, "scaler": scaler.state_dict() if scaler.is_enabled() else None}
-    for i, optimizer in enumerate(optimizers if isinstance(optimizers, list) else [optimizers]):
-        opt = optimizer.state_dict()
-        for pid, pstate in opt["state"].items():
-            for key, value in pstate.items():
-                tensors[f"{_optim_prefix(i)}.{pid}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-        meta[f"{_optim_prefix(i).replace('optim', 'param_groups')}"] = opt["param_groups"]
-    tensors["rng.cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available() and next(model.parameters()).is_cuda:
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
-    _durable_replace(tmp, path)
-
-
-def read_resume_meta(path: Path) -> dict:
-    """The JSON part of a resume state (step, best val loss, config...) without loading any tensor."""
-    return read_resume_state(path, tensors=False)[0]
-
-
-def read_resume_state(path: Path, tensors: bool = True) -> tuple[dict, dict]:
-    """(the JSON state, the tensors); ConfigError naming the file, what is still good and what to do
-    when it cannot be read (cut short by a full disk, say)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()["state"]), ({k: f.get_tensor(k) for k in f.keys()} if tensors else {})
-    except (SafetensorError, KeyError, TypeError, ValueError) as e:  # not safetensors, or no "state" in it
-        raise ConfigError(str(damaged_file_error(path, e, resume_advice(path.parent)))) from None
-
-
-def resume_advice(out_dir: Path) -> str:
-    """What is still good in out_dir when its resume state is damaged, and what to do."""
-    fresh = "Training cannot continue from it: start a new run with another --out-dir."
-    if (out_dir / "model.safetensors").is_file() and readable_safetensors(out_dir / "model.safetensors"):
-        return (
-            f"The best model in {out_dir} (model.safetensors, config.json) is intact: `python sample_gpt2.py --model "
-            f"{out_dir}` and `python hub.py push {out_dir} ORG/NAME` use it. " + fresh
-        )
-    return f"{out_dir} holds no intact model either. " + fresh
-
-
-def restore_resume_state(tensors: dict, meta: dict, model: GPT, optimizers, scaler) -> None:
-    """The saved weights, optimizer state, scaler and RNG into a model and optimizers built as saved.
-    Each optimizer keeps the settings it was built with (this run's flags: betas, weight decay...)."""
-    sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    sd["lm_head.weight"] = sd["transformer.wte.weight"]
-    model.load_state_dict(sd, strict=True)
-    for i, optimizer in enumerate(optimizers if isinstance(optimizers, list) else [optimizers]):
-        opt_state = {}
-        for k, v in tensors.items():
-            if k.startswith(_optim_prefix(i) + "."):
-                _, pid, key = k.split(".", 2)
-                opt_state.setdefault(int(pid), {})[key] = v
-        optimizer.load_state_dict({"state": opt_state, "param_groups": optimizer.state_dict()["param_groups"]})
-    if meta.get("scaler") and scaler.is_enabled():
-        scaler.load_state_dict(meta["scaler"])
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and next(model.parameters()).is_cuda:
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
 
 
 # ---------------------------------------------------------------------------- training
