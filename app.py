@@ -25,6 +25,7 @@ import gradio as gr
 import torch
 
 from engine import Engine, EngineBusy
+from machine import hardware_name
 from model_gpt2 import GPT, load_model
 
 MAX_SEED = 2**32 - 1
@@ -319,8 +320,8 @@ def main(argv=None):
     # PyTorch's threads slow down badly when they compete for cores (a Space's 2 vCPUs run both)
     torch.set_num_threads(1)
     print(
-        f"serving {source}: {count(model.num_params())} parameters, {args.slots} texts at once, "
-        f"on http://{args.host}:{args.port}"
+        f"serving {source}: {count(model.num_params())} parameters, {args.slots} texts at once on "
+        f"{hardware_name('cpu')}, at http://{args.host}:{args.port}"
     )
     build_demo(model, source, args.slots, args.max_waiting).launch(
         server_name=args.host, server_port=args.port, css=CSS
