@@ -15,6 +15,29 @@ import torch
 from model_gpt2 import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+# Debian's chromium, driven by Playwright; no background traffic (the machine has no network)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def train_tiny(data_dir: Path, out_dir: Path, **overrides) -> Path:
+    """A real (short) training run of a tiny model in the cpu preset's recipe; returns out_dir."""
+    from train_gpt2 import config_from_preset, train
+
+    settings = dict(max_iters=20, eval_interval=10, eval_iters=2, n_layer=1, n_embd=32, n_head=2, block_size=32)
+    cfg = config_from_preset(
+        "cpu", data_dir=str(data_dir), out_dir=str(out_dir), sample_chars=0, **(settings | overrides)
+    )
+    train(cfg, progress=False)
+    return out_dir
 
 
 def require(condition: bool, reason: str):

@@ -20,7 +20,7 @@ import httpx2
 import pytest
 import torch
 import yaml
-from helpers import ROOT, make_tiny_model, require
+from helpers import ROOT, make_tiny_model, require, train_tiny
 from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError
 from olah_server import INSTALL_HINT, find_olah_cli, olah_server
@@ -83,24 +83,7 @@ def online(monkeypatch):
 def trained_out(tmp_path_factory, prepared_data) -> Path:
     """An out-dir from a real (tiny) training run: config.json, model.safetensors, README.md,
     resume.safetensors, metrics.jsonl, loss.png."""
-    from train_gpt2 import config_from_preset, train
-
-    out = tmp_path_factory.mktemp("trained") / "out"
-    cfg = config_from_preset(
-        "cpu",
-        data_dir=str(prepared_data),
-        out_dir=str(out),
-        max_iters=20,
-        eval_interval=10,
-        eval_iters=2,
-        n_layer=1,
-        n_embd=32,
-        n_head=2,
-        block_size=32,
-        sample_chars=0,
-    )
-    train(cfg, progress=False)
-    return out
+    return train_tiny(prepared_data, tmp_path_factory.mktemp("trained") / "out")
 
 
 # ---------------------------------------------------------------------------- model card

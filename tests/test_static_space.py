@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, free_port, make_tiny_model, require, server_process
+from helpers import CHROMIUM, CHROMIUM_FLAGS, ROOT, free_port, make_tiny_model, require, server_process, train_tiny
 
 import hub
 from export_onnx import empty_cache, export_onnx
@@ -26,16 +26,6 @@ from model_gpt2 import load_model
 ORT_VERSION = "1.30.0"
 ORT_CDN = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_VERSION}/dist/"
 ORT_LOCAL = ROOT / ".npm-test" / "node_modules" / "onnxruntime-web" / "dist"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PROMPT, N = "ROMEO:", 200
 
 
@@ -45,24 +35,8 @@ def trained_dir(tmp_path_factory, prepared_data) -> Path:
     or STATIC_TEST_MODEL=DIR."""
     if os.environ.get("STATIC_TEST_MODEL"):
         return Path(os.environ["STATIC_TEST_MODEL"])
-    from train_gpt2 import config_from_preset, train
-
     out = tmp_path_factory.mktemp("trained") / "out"
-    cfg = config_from_preset(
-        "cpu",
-        data_dir=str(prepared_data),
-        out_dir=str(out),
-        max_iters=60,
-        eval_interval=30,
-        eval_iters=2,
-        n_layer=2,
-        n_embd=32,
-        n_head=2,
-        block_size=32,
-        sample_chars=0,
-    )
-    train(cfg, progress=False)
-    return out
+    return train_tiny(prepared_data, out, max_iters=60, eval_interval=30, n_layer=2)
 
 
 @pytest.fixture(scope="module")

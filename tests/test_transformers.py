@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import make_tiny_model
+from helpers import make_tiny_model, train_tiny
 from safetensors.torch import load_file, save_model
 from transformers import AutoTokenizer, GPT2LMHeadModel, pipeline
 
@@ -92,25 +92,8 @@ def test_autotokenizer_matches_char_tokenizer_on_the_whole_validation_text(tiny_
 @pytest.fixture(scope="module")
 def trained_long_context(tmp_path_factory, prepared_data):
     """A real (short) training run with a context long enough for 200 new characters after a prompt."""
-    from train_gpt2 import config_from_preset, train
-
     out = tmp_path_factory.mktemp("trained256") / "out"
-    cfg = config_from_preset(
-        "cpu",
-        data_dir=str(prepared_data),
-        out_dir=str(out),
-        max_iters=40,
-        eval_interval=20,
-        eval_iters=2,
-        n_layer=2,
-        n_embd=32,
-        n_head=2,
-        block_size=256,
-        batch_size=4,
-        sample_chars=0,
-    )
-    train(cfg, progress=False)
-    return out
+    return train_tiny(prepared_data, out, max_iters=40, eval_interval=20, n_layer=2, block_size=256, batch_size=4)
 
 
 @pytest.mark.slow
