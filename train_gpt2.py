@@ -677,8 +677,11 @@ def start_run(cfg, machine: Machine, meta: dict, train_data, val_data, resume, p
         if not readable_safetensors(out_dir / "model.safetensors"):  # lost or damaged: the next evaluation rewrites it
             run.best_val = math.inf
         if cfg.max_seconds > 0:
-            run.max_iters = min(cfg.max_iters, saved_meta.get("max_iters", cfg.max_iters))
             run.spent_before = saved_meta.get("train_seconds", 0.0)
+            if (
+                saved_meta["config"]["max_iters"] == cfg.max_iters
+            ):  # the length the budget fitted, unless asked for more
+                run.max_iters = min(cfg.max_iters, saved_meta.get("max_iters", cfg.max_iters))
     # dropout masks differ between processes; only rank 0's RNG was saved, the others restart theirs
     if resume is None or machine.rank:
         torch.manual_seed(cfg.seed + 7919 * machine.rank + run.step)
