@@ -3,15 +3,21 @@ an exact resume after SIGKILL, torchrun against accumulation, and a run that end
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from helpers import ROOT, make_tiny_model
-from test_train import TINY, TINY_FLAGS, assert_same_weights, resume_step, resume_weights, run_train, weights
+from test_train import (
+    TINY,
+    TINY_FLAGS,
+    assert_same_weights,
+    kill_after,
+    resume_weights,
+    run_train,
+    weights,
+)
 
 import train_gpt2 as tg
 from muon import CPUMuon, build_optimizers, orthogonalize, param_groups
@@ -156,23 +162,7 @@ def test_kill_and_resume_with_muon_equals_an_uninterrupted_run(prepared_data, tm
     ]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_train(*flags, f"--out-dir={whole}")
-    proc = subprocess.Popen(
-        [sys.executable, "train_gpt2.py", *flags, f"--out-dir={killed}"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if resume_step(killed) >= 60:
-                break
-        except Exception:  # not written yet, or being replaced
-            pass
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = resume_step(killed)
+    killed_at = kill_after(flags, killed, 60)
     assert 60 <= killed_at < 300, "the run must be killed part way"
     saved = tg.read_resume_state(killed / "resume.safetensors")[1]
     assert any(k.startswith("optim1.") and k.endswith(".momentum_buffer") for k in saved)  # Muon's state is saved

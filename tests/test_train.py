@@ -57,6 +57,28 @@ def resume_step(out_dir: Path) -> int:
         return json.loads(f.metadata()["state"])["step"]
 
 
+def kill_after(flags: list, out_dir: Path, step: int) -> int:
+    """Start `train_gpt2.py flags --out-dir out_dir`, SIGKILL it once its resume state has reached `step`
+    (as a crash or a pulled plug would); return the step the state was saved at."""
+    proc = subprocess.Popen(
+        [sys.executable, "train_gpt2.py", *flags, f"--out-dir={out_dir}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if resume_step(out_dir) >= step:
+                break
+        except Exception:  # not written yet, or being replaced
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return resume_step(out_dir)
+
+
 # ---------------------------------------------------------------- the optimisation step
 
 
@@ -204,23 +226,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(prepared_data, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_train(*flags, f"--out-dir={whole}")
 
-    proc = subprocess.Popen(
-        [sys.executable, "train_gpt2.py", *flags, f"--out-dir={killed}"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if resume_step(killed) >= 80:
-                break
-        except Exception:  # not written yet, or being replaced
-            pass
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = resume_step(killed)
+    killed_at = kill_after(flags, killed, 80)
     assert 80 <= killed_at < 400, "the run must be killed part way"
     load_model(killed)  # the last good checkpoint is loadable after the crash
 
