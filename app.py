@@ -34,7 +34,10 @@ MAX_TOKENS = 2000  # enough for a page of text
 SLOTS = 16  # texts written at once, in one batched decode loop: 16 cost little more than 1 on a CPU
 MAX_WAITING = 32  # more requests wait in line; past that they are told the server is busy
 OUTPUT_LABEL = "Prompt + generated text"
-STREAM_EVERY = 0.05  # seconds between streamed updates: smooth to the eye, ~20 messages a second
+STREAM_EVERY = 0.05  # seconds between a text's streamed updates: smooth to the eye, ~20 a second
+# ...with a ceiling on the server's updates a second in all: each one costs the server and the client a
+# millisecond or two of CPU, so with 16 texts running each gets ~5 a second, not 20 (bench.py --serving)
+UPDATES_PER_SECOND = 80
 EXAMPLES = ["ROMEO:", "First Citizen:\n", "To be, or not", "KING RICHARD III:\nNow is the"]
 TRAIN_HINT = "python data/prepare.py && python train_gpt2.py --preset cpu --out-dir out"
 
@@ -187,8 +190,9 @@ async def stream_request(engine: Engine, tok, req, text: str, wake: asyncio.Even
                 yield gr.Textbox(value=text, label=label), colored
         # the first character at once (the engine wakes us), then one update per ~50 ms: a message
         # per character would flood the browser at hundreds of characters a second
+        every = max(STREAM_EVERY, engine.stats()["running"] / UPDATES_PER_SECOND)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(wake.wait(), STREAM_EVERY)
+            await asyncio.wait_for(wake.wait(), every)
         wake.clear()
         end = len(req.tokens)
         if end > sent:

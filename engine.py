@@ -1,17 +1,25 @@
-"""Many generations at once: one background decode loop per model that batches every active request.
+"""Many generations at once: one decode loop per model, in a process of its own, batching every request.
 
     from engine import Engine
     engine = Engine(model, slots=16, max_waiting=32)
     req = engine.submit(model.tokenizer.encode("ROMEO:"), 200, temperature=0.8, seed=0)
     print(model.tokenizer.decode(req.result()))
+    engine.close()
 
 Decoding one character reads every weight once, and reading them for 16 sequences costs little more
 than for one, so a shared loop serves 16 users for a little more than the price of one. Each step
-of the loop: requests that arrived are prefilled, one by one, into a free slot of a preallocated KV
-cache and get their first character at once; every other active request gets its next character (sampled with its own settings and its own torch.Generator);
-finished or cancelled requests leave at once; then one batched decode step runs for all the rest,
-each row at its own position. Past `slots`, requests wait in order; past `max_waiting`, submit()
-raises EngineBusy at once.
+of the loop (a Batcher): requests that arrived are prefilled, one by one, into a free slot of a
+preallocated KV cache and their first character goes out at once; every other active request gets
+its next character (sampled with its own settings and its own torch.Generator); finished or
+cancelled requests leave at once; then one batched decode step runs for all the rest, each row at
+its own position. Past `slots`, requests wait in order; past `max_waiting`, submit() raises
+EngineBusy at once.
+
+The loop runs in its own process. It is a long run of small PyTorch ops, and each op takes Python's
+GIL back when it ends: inside a web server's process, the loop and the server's event loop would
+wait for each other at every op (a Python thread busy 10% of the time slows the loop by a third;
+bench.py --serving measures the whole app). The process gets the weights through a pipe at start
+and sends back, after each step, the characters it wrote; the server's side only forwards them.
 
 A request follows GPT.stream() exactly: the same window slide past the context (keep the last
 block_size - block_size // 4 tokens, re-prefill), the same prefill, and alone in the loop the same
@@ -19,18 +27,35 @@ decode_step, so greedy and seeded texts equal generate_text's. In a batch the ma
 as matrix-matrix products, whose sums may differ from the matrix-vector ones in the last bits.
 """
 
+import io
+import itertools
+import os
 import random
+import subprocess
+import sys
 import threading
 from collections import deque
+from dataclasses import asdict
+from multiprocessing.connection import Connection, Pipe
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from model_gpt2 import GPT, KVCache, _linear, check_sampling, sample_next_token
+from model_gpt2 import GPT, GPTConfig, KVCache, check_sampling, sample_next_token
+
+START_TIMEOUT = 300  # seconds for the decode process to import PyTorch and load the weights
 
 
 class EngineBusy(RuntimeError):
     """Every slot is taken and the waiting line is full."""
+
+
+class EngineStopped(RuntimeError):
+    """The decode process is gone (killed, out of memory): requests fail with this instead of hanging."""
+
+
+# ------------------------------------------------------------------ the decode loop (in its process)
 
 
 class SlotCache:
@@ -42,52 +67,43 @@ class SlotCache:
         self.k, self.v, self.max_len, self.pos = k, v, k.size(3), pos
 
 
-class Request:
-    """One generation: its window of token ids, its sampling settings, and what it has produced so far.
+class Row:
+    """One request inside the decode loop: its window of token ids, its sampling settings and generator,
+    and its row of the KV cache."""
 
-    The worker appends to `tokens` and `probs` (the probability the model gave each token) and calls
-    `notify()` when the first token is ready and when the request ends; readers poll in between.
-    """
-
-    def __init__(self, ids, max_new_tokens, temperature, top_k, top_p, seed, notify):
-        self.window = list(ids)  # what the model sees: at most block_size ids
-        self.max_new_tokens = max_new_tokens
+    def __init__(self, rid, ids, max_new_tokens, temperature, top_k, top_p, seed, block_size):
+        self.rid = rid
+        self.window = list(ids)[-block_size:]  # what the model sees: at most block_size ids
+        self.left = max_new_tokens
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        # a request without a seed still gets its own generator: requests never share random state
-        self.generator = torch.Generator().manual_seed(random.getrandbits(63) if seed is None else seed)
-        self.tokens: list[int] = []
-        self.probs: list[float] = []
-        self.error: BaseException | None = None
+        self.generator = torch.Generator().manual_seed(seed)
         self.cancelled = False
-        self.done = threading.Event()
-        self._notify = notify
         self.row = -1  # its row of the KV cache while it runs
         self.pos = 0  # positions of its row already in the cache
         self.logits = None  # (1, vocab): the next token's logits, once prefilled or decoded
-        self.state = "new"  # then "decode", "ready" or "done": see Engine._next_token
-
-    def notify(self):
-        if self._notify is not None:
-            self._notify()
-
-    def cancel(self):
-        """Stop generating: the worker frees the slot at its next step (a waiting request just leaves the line)."""
-        self.cancelled = True
-
-    def result(self, timeout: float | None = None) -> list[int]:
-        """Wait for the end; the generated ids (raises the worker's error, if any)."""
-        if not self.done.wait(timeout):
-            raise TimeoutError(f"generation not finished within {timeout} s")
-        if self.error is not None:
-            raise self.error
-        return list(self.tokens)
+        self.state = "new"  # then "decode", "ready" or "done": see Batcher._next_token
 
 
-def decode_rows(model: GPT, idx: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor):
+def transposed_weights(model: GPT) -> list:
+    """Each Linear's weight as a contiguous (in, out) matrix (GPT-2's own Conv1D layout), with its bias:
+    x @ W runs the batched decode's products about a third faster on a CPU than x @ W.T does."""
+    layers = []
+    for block in model.transformer.h:
+        linears = (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
+        layers.append([(lin.weight.t().contiguous(), lin.bias) for lin in linears])
+    return layers + [[(model.lm_head.weight.t().contiguous(), None)]]
+
+
+def _mm(x: torch.Tensor, weight_bias) -> torch.Tensor:
+    w, b = weight_bias
+    return x @ w if b is None else torch.addmm(b, x, w)
+
+
+def decode_rows(model: GPT, weights: list, idx: torch.Tensor, pos: torch.Tensor, k_cache, v_cache) -> torch.Tensor:
     """GPT.decode_step for a batch whose rows sit at different positions: idx (B,) token ids, pos (B,)
-    where each goes; rows 0..B-1 of k_cache, v_cache (n_layer, slots, nh, block_size, hs). Row b attends
-    to its own positions 0..pos[b] only (a boolean mask hides the longer rows' extra positions).
-    Returns the next-token logits (B, vocab)."""
+    where each goes; rows 0..B-1 of k_cache, v_cache (n_layer, slots, nh, block_size, hs); `weights`
+    from transposed_weights(model). Row b attends to its own positions 0..pos[b] only (a boolean mask
+    hides the longer rows' extra positions). Returns the next-token logits (B, vocab)."""
     t, c = model.transformer, model.config
     B, hs = idx.size(0), c.n_embd // c.n_head
     rows = torch.arange(B, device=idx.device)
@@ -95,158 +111,388 @@ def decode_rows(model: GPT, idx: torch.Tensor, pos: torch.Tensor, k_cache: torch
     mask = (torch.arange(L, device=idx.device) <= pos[:, None]).view(B, 1, 1, L)
     x = t.wte(idx) + t.wpe(pos)  # (B, C)
     for i, block in enumerate(t.h):
-        attn, mlp = block.attn, block.mlp
-        q, k, v = F.linear(block.ln_1(x), attn.c_attn.weight, attn.c_attn.bias).view(B, 3, c.n_head, hs).unbind(1)
+        c_attn, c_proj, c_fc, mlp_proj = weights[i]
+        q, k, v = _mm(block.ln_1(x), c_attn).view(B, 3, c.n_head, hs).unbind(1)
         k_cache[i, rows, :, pos] = k  # (B, nh, hs) into each row's own position
         v_cache[i, rows, :, pos] = v
         y = F.scaled_dot_product_attention(q.unsqueeze(2), k_cache[i, :B, :, :L], v_cache[i, :B, :, :L], attn_mask=mask)
-        x = x + _linear(y.view(B, c.n_embd), attn.c_proj)
-        x = x + _linear(mlp.gelu(_linear(block.ln_2(x), mlp.c_fc)), mlp.c_proj)
-    return _linear(t.ln_f(x), model.lm_head)
+        x = x + _mm(y.view(B, c.n_embd), c_proj)
+        x = x + _mm(block.mlp.gelu(_mm(block.ln_2(x), c_fc)), mlp_proj)
+    return _mm(t.ln_f(x), weights[-1][0])
 
 
-class Engine:
-    """The shared decode loop for one model: `slots` requests at a time, `max_waiting` more in line."""
+class Outbox:
+    """What the decode loop tells the server: the characters written since the last send (request id,
+    token, probability), the requests that ended (request id, error or None) and the step count."""
 
-    def __init__(self, model: GPT, slots: int = 16, max_waiting: int = 32):
-        if slots < 1 or max_waiting < 0:
-            raise ValueError(f"slots must be >= 1 and max_waiting >= 0, got {slots} and {max_waiting}")
-        self.model, self.slots, self.max_waiting = model.eval(), slots, max_waiting
+    def __init__(self, send):
+        self.send, self.tokens, self.ended = send, [], []
+
+    def flush(self, steps: int):
+        if self.tokens or self.ended:
+            self.send(("step", steps, self.tokens, self.ended))
+            self.tokens, self.ended = [], []
+
+
+class Batcher:
+    """The decode loop's state for one model: `slots` rows of a preallocated KV cache and the requests in them."""
+
+    def __init__(self, model: GPT, slots: int):
+        self.model, self.slots = model.eval(), slots
         cache = model._new_cache(slots)  # preallocated: the memory is known at start-up
         # zeroed, not left uninitialised: masked positions get weight 0, and 0 * NaN would still be NaN
         self.k, self.v = cache.k.zero_(), cache.v.zero_()  # (n_layer, slots, nh, block_size, hs)
         self.block = model.config.block_size
         self.shift = max(1, self.block // 4)  # as GPT.stream: slide the window by a quarter
-        self.rows: list[Request] = []  # running, rows[i] uses row i of the cache
-        self.waiting: deque[Request] = deque()
-        self.lock = threading.Condition()
+        self.weights = transposed_weights(model)
+        self.rows: list[Row] = []  # running: rows[i] uses row i of the cache
+        self.new: list[Row] = []  # arrived, prefilled at the next step
         self.steps = 0  # decode steps run: for tests and benchmarks
-        self.thread = threading.Thread(target=self._loop, name="decode-loop", daemon=True)
-        self.thread.start()
+
+    def add(self, row: Row):
+        if len(self.rows) + len(self.new) >= self.slots:
+            raise RuntimeError(f"all {self.slots} slots are taken")  # the Engine never sends more
+        self.new.append(row)
+
+    def cancel(self, rid: int):
+        for row in self.rows + self.new:
+            if row.rid == rid:
+                row.cancelled = True
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rows or self.new)
+
+    def step(self, out: Outbox):
+        """Every request gets one token (a newcomer its first, sent at once); the ones that go on get their next logits."""
+        new, self.new = self.new, []
+        for row in new:
+            row.row = len(self.rows)
+            self.rows.append(row)
+            if not row.cancelled:
+                self._prefill(row)
+                self._next_token(row, out)
+                out.flush(self.steps)  # its first character goes out now, not after the others' prefills
+        fresh = {id(r) for r in new}
+        for row in self.rows:
+            if id(row) not in fresh:
+                self._next_token(row, out)
+        ended = [r for r in self.rows if r.state == "done" or r.cancelled]
+        out.ended += [(r.rid, None) for r in ended]
+        self.rows = [r for r in self.rows if not (r.state == "done" or r.cancelled)]
+        self._compact()
+        decode = [r for r in self.rows if r.state == "decode"]
+        if decode:
+            self._decode(decode)
+        self.steps += 1
+
+    def fail(self, out: Outbox, error: BaseException):
+        """A broken step fails its requests, not the loop."""
+        message = f"{type(error).__name__}: {error}"
+        out.ended += [(r.rid, message) for r in self.rows + self.new]
+        self.rows, self.new = [], []
+
+    def _prefill(self, row: Row):
+        """Compute row.window's keys/values into its cache row (alone: as GPT.stream does) and the next logits."""
+        cache = SlotCache(self.k[:, row.row : row.row + 1], self.v[:, row.row : row.row + 1])
+        window = torch.tensor([row.window], dtype=torch.long, device=self.k.device)
+        row.logits = self.model(window, kv_cache=cache)[0][:, -1]
+        row.pos = cache.pos
+
+    def _next_token(self, row: Row, out: Outbox):
+        """Sample row's next token from its logits; row.state says what it needs next:
+        "done" (finished or cancelled), "decode" (a decode step), "ready" (re-prefilled: it has its logits)."""
+        if row.cancelled:
+            row.state = "done"
+            return
+        nxt = int(sample_next_token(row.logits, row.temperature, row.top_k, row.top_p, row.generator))
+        out.tokens.append((row.rid, nxt, float(torch.softmax(row.logits.float(), dim=-1)[0, nxt])))
+        row.left -= 1
+        if row.left == 0:
+            row.state = "done"
+            return
+        row.window.append(nxt)
+        row.state = "decode"
+        if len(row.window) > self.block:  # window full: slide and re-prefill this row alone
+            row.window = row.window[-(self.block - self.shift) :]
+            self._prefill(row)
+            row.state = "ready"
+
+    def _decode(self, decode: list[Row]):
+        if len(self.rows) == 1:  # alone: GPT.decode_step itself, so the text equals generate_text's
+            row = decode[0]
+            cache = SlotCache(self.k[:, :1], self.v[:, :1], row.pos)
+            row.logits = self.model.decode_step(torch.tensor([row.window[-1]], device=self.k.device), cache)
+            row.pos = cache.pos
+            return
+        # every row takes part (rows 0..B-1 are views, not copies); a row that was just re-prefilled
+        # computes a throwaway step at its next free position, which its next decode overwrites
+        idx = torch.tensor([r.window[-1] for r in self.rows], device=self.k.device)
+        pos = torch.tensor([r.pos for r in self.rows], device=self.k.device)
+        logits = decode_rows(self.model, self.weights, idx, pos, self.k, self.v)
+        for row in decode:
+            row.logits = logits[row.row : row.row + 1]
+            row.pos += 1
+
+    def _compact(self):
+        """Keep the running rows at 0..B-1: a row whose request left takes over the last row's cache."""
+        for i, row in enumerate(self.rows):
+            if row.row != i:
+                self.k[:, i, :, : row.pos] = self.k[:, row.row, :, : row.pos]
+                self.v[:, i, :, : row.pos] = self.v[:, row.row, :, : row.pos]
+                row.row = i
+
+
+def model_payload(model: GPT) -> bytes:
+    """The model as bytes for the decode process: its config and weights (no tokenizer: the loop sees ids)."""
+    buf = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"config": asdict(model.config), "state": state, "device": str(model.lm_head.weight.device)}, buf)
+    return buf.getvalue()
+
+
+def load_payload(payload: bytes) -> GPT:
+    saved = torch.load(io.BytesIO(payload), weights_only=True)
+    model = GPT(GPTConfig(**saved["config"]))
+    model.load_state_dict(saved["state"])
+    return model.to(saved["device"]).eval()
+
+
+def serve(conn: Connection, slots: int, model: GPT):
+    """The decode loop: take starts and cancels from `conn` between steps, send each step's characters back.
+    Ends when the server closes the connection or says "close"."""
+    batcher, out = Batcher(model, slots), Outbox(conn.send)
+
+    def handle(message):
+        if message[0] == "start":
+            batcher.add(Row(*message[1:], block_size=batcher.block))
+        elif message[0] == "cancel":
+            batcher.cancel(message[1])
+        return message[0] != "close"
+
+    with torch.inference_mode():
+        try:
+            while True:
+                if not batcher.active and not handle(conn.recv()):  # idle: wait for work
+                    return
+                while conn.poll():
+                    if not handle(conn.recv()):
+                        return
+                try:
+                    batcher.step(out)
+                except Exception as e:
+                    batcher.fail(out, e)
+                out.flush(batcher.steps)
+        except (EOFError, OSError):  # the server is gone
+            return
+        finally:
+            conn.close()  # the server's reader sees the end
+
+
+def worker_main(fd: int):
+    """The decode process's entry point: the model and settings come first through the connection on `fd`."""
+    conn = Connection(fd)
+    try:
+        payload, slots, threads = conn.recv()
+        torch.set_num_threads(threads)
+        model = load_payload(payload)
+    except Exception as e:
+        conn.send(("failed", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready",))
+    serve(conn, slots, model)
+
+
+# ------------------------------------------------------------------ the server's side
+
+
+class Request:
+    """One generation as the server sees it: what the decode loop has written so far.
+
+    The engine's reader thread appends to `tokens` and `probs` (the probability the model gave each
+    token) and calls `notify()` when the first token is ready and when the request ends; readers
+    poll in between."""
+
+    def __init__(self, engine, ids, max_new_tokens, sampling: dict, notify):
+        self.ids, self.max_new_tokens, self.sampling = list(ids), max_new_tokens, sampling
+        self.tokens: list[int] = []
+        self.probs: list[float] = []
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.done = threading.Event()
+        self.rid: int | None = None  # set when it gets a slot
+        self._engine, self._notify = engine, notify
+
+    def notify(self):
+        if self._notify is not None:
+            self._notify()
+
+    def cancel(self):
+        """Stop generating: a running request frees its slot at the loop's next step; a waiting one leaves the line."""
+        if not self.cancelled and not self.done.is_set():
+            self.cancelled = True
+            self._engine._cancel(self)
+
+    def result(self, timeout: float | None = None) -> list[int]:
+        """Wait for the end; the generated ids (raises the loop's error, if any)."""
+        if not self.done.wait(timeout):
+            raise TimeoutError(f"generation not finished within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return list(self.tokens)
+
+
+class Engine:
+    """The shared decode loop for one model: `slots` requests at a time, `max_waiting` more in line.
+
+    The loop runs in a process of its own (in a thread where a process cannot be given a connection:
+    Windows, or process=False) with the PyTorch thread count this process has now. close() stops it."""
+
+    def __init__(self, model: GPT, slots: int = 16, max_waiting: int = 32, process: bool = True):
+        if slots < 1 or max_waiting < 0:
+            raise ValueError(f"slots must be >= 1 and max_waiting >= 0, got {slots} and {max_waiting}")
+        self.slots, self.max_waiting = slots, max_waiting
+        self.block = model.config.block_size
+        self.lock = threading.Lock()  # guards running, waiting, steps, stopped, and sends on the connection
+        self.running: dict[int, Request] = {}
+        self.waiting: deque[Request] = deque()
+        self.steps = 0  # decode steps the loop has run: for tests and benchmarks
+        self.stopped: str | None = None  # why the loop is gone, once it is
+        self._ids = itertools.count()
+        self.conn, theirs = Pipe()
+        if process and os.name == "posix":
+            self.process = start_worker(theirs)
+            self.thread = None
+            self.conn.send((model_payload(model), slots, torch.get_num_threads()))
+        else:
+            self.process = None
+            self.thread = threading.Thread(target=serve, args=(theirs, slots, model), name="decode-loop", daemon=True)
+            self.thread.start()
+        self._wait_until_ready()
+        self.reader = threading.Thread(target=self._read, name="engine-reader", daemon=True)
+        self.reader.start()
+
+    def _wait_until_ready(self):
+        if self.process is None:
+            return
+        try:
+            ready = self.conn.poll(START_TIMEOUT) and self.conn.recv()
+        except (EOFError, OSError):
+            ready = None
+        if not ready or ready[0] != "ready":
+            self.process.kill()
+            why = ready[1] if ready else f"it did not start within {START_TIMEOUT} s"
+            raise RuntimeError(f"the decode process could not load the model: {why}")
 
     def submit(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, notify=None) -> Request:
         """Queue a generation of `max_new_tokens` after the token ids `ids`; raises EngineBusy if the line is full."""
         check_sampling(max_new_tokens, temperature, top_k, top_p)
         if not ids:
             raise ValueError("ids must hold at least one token")
-        req = Request(ids[-self.block :], max_new_tokens, temperature, top_k, top_p, seed, notify)
+        # a request without a seed still gets its own generator: requests never share random state
+        seed = random.getrandbits(63) if seed is None else seed
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        req = Request(self, ids[-self.block :], max_new_tokens, sampling, notify)
         with self.lock:
-            self.waiting = deque(r for r in self.waiting if not r.cancelled)
-            if len(self.rows) + len(self.waiting) >= self.slots + self.max_waiting:
+            if self.stopped:
+                raise EngineStopped(self.stopped)
+            if len(self.running) + len(self.waiting) >= self.slots + self.max_waiting:
                 raise EngineBusy(
                     f"busy: all {self.slots} slots are generating and {len(self.waiting)} requests wait. Try again soon."
                 )
             self.waiting.append(req)
-            self.lock.notify()
+            self._start_waiting()
         return req
 
     def position(self, req: Request) -> int:
-        """`req`'s place in the line for a slot: 1 = next, 0 = running or starting at the next step."""
+        """`req`'s place in the line for a slot: 1 = next, 0 = running."""
         with self.lock:
-            place = next((i + 1 for i, r in enumerate(self.waiting) if r is req), 0)
-            return max(0, place - (self.slots - len(self.rows)))
+            return next((i + 1 for i, r in enumerate(self.waiting) if r is req), 0)
 
     def stats(self) -> dict:
         with self.lock:
-            return {"running": len(self.rows), "waiting": len(self.waiting), "steps": self.steps}
+            return {"running": len(self.running), "waiting": len(self.waiting), "steps": self.steps}
 
-    # ------------------------------------------------------------ the worker
-
-    def _loop(self):
-        with torch.inference_mode():
-            while True:
-                with self.lock:
-                    while not self.rows and not self.waiting:
-                        self.lock.wait()
-                    new = []
-                    while self.waiting and len(self.rows) < self.slots:
-                        req = self.waiting.popleft()
-                        if not req.cancelled:
-                            req.row = len(self.rows)
-                            self.rows.append(req)
-                            new.append(req)
-                try:
-                    for req in new:  # each newcomer's first token at once, before the next one's prefill
-                        self._prefill(req)
-                        self._next_token(req)
-                    self._step(new)
-                except Exception as e:  # a broken step fails its requests, not the server
-                    with self.lock:
-                        for req in self.rows:
-                            req.error = e
-                        self._finish(self.rows)
-                        self.rows = []
-
-    def _prefill(self, req: Request):
-        """Compute req.window's keys/values into its row (alone: as GPT.stream does) and the next logits."""
-        cache = SlotCache(self.k[:, req.row : req.row + 1], self.v[:, req.row : req.row + 1])
-        window = torch.tensor([req.window], dtype=torch.long, device=self.k.device)
-        req.logits = self.model(window, kv_cache=cache)[0][:, -1]
-        req.pos = cache.pos
-
-    def _next_token(self, req: Request):
-        """Sample req's next token from its logits; req.state says what it needs next:
-        "done" (finished or cancelled), "decode" (a decode step), "ready" (re-prefilled: it has its logits)."""
-        if req.cancelled:
-            req.state = "done"
-            return
-        nxt = sample_next_token(req.logits, req.temperature, req.top_k, req.top_p, req.generator)  # (1, 1)
-        prob = torch.softmax(req.logits.float(), dim=-1)[0, nxt[0, 0]]
-        req.probs.append(float(prob))  # first: readers go by len(tokens)
-        req.tokens.append(int(nxt))
-        if len(req.tokens) == 1:
-            req.notify()  # the first token: shown at once
-        if len(req.tokens) == req.max_new_tokens:
-            req.state = "done"
-            return
-        req.window.append(int(nxt))
-        req.state = "decode"
-        if len(req.window) > self.block:  # window full: slide and re-prefill this row alone
-            req.window = req.window[-(self.block - self.shift) :]
-            self._prefill(req)
-            req.state = "ready"
-
-    def _step(self, new: list[Request]):
-        """Every running request gets one token (the new ones have theirs); the ones that go on get their next logits."""
-        fresh = {id(r) for r in new}
-        for req in self.rows:
-            if id(req) not in fresh:
-                self._next_token(req)
+    def close(self):
+        """Stop the decode loop; requests still running fail with EngineStopped."""
         with self.lock:
-            self._finish([r for r in self.rows if r.state == "done" or r.cancelled])
-            self._compact()
-        decode = [r for r in self.rows if r.state == "decode"]
-        if decode:
-            self._decode(decode)
-        self.steps += 1
+            if not self.stopped:
+                self._send(("close",))
+        if self.process is not None:
+            self.process.wait(timeout=30)
+        self.reader.join(timeout=30)
 
-    def _decode(self, decode: list[Request]):
-        if len(self.rows) == 1:  # alone: GPT.decode_step itself, so the text equals generate_text's
-            req = decode[0]
-            cache = SlotCache(self.k[:, :1], self.v[:, :1], req.pos)
-            req.logits = self.model.decode_step(torch.tensor([req.window[-1]], device=self.k.device), cache)
-            req.pos = cache.pos
-            return
-        # every row takes part (rows 0..B-1 are views, not copies); a row that was just re-prefilled
-        # computes a throwaway step at its next free position, which its next decode overwrites
-        idx = torch.tensor([r.window[-1] for r in self.rows], device=self.k.device)
-        pos = torch.tensor([r.pos for r in self.rows], device=self.k.device)
-        logits = decode_rows(self.model, idx, pos, self.k, self.v)
-        for req in decode:
-            req.logits = logits[req.row : req.row + 1]
-            req.pos += 1
+    # ------------------------------------------------------------ under self.lock
 
-    def _finish(self, finished: list[Request]):
-        for req in finished:
+    def _send(self, message):
+        try:
+            self.conn.send(message)
+        except OSError:  # the loop is gone: the reader fails every request
+            pass
+
+    def _start_waiting(self):
+        while self.waiting and len(self.running) < self.slots:
+            req = self.waiting.popleft()
+            req.rid = next(self._ids)
+            self.running[req.rid] = req
+            s = req.sampling
+            self._send(
+                ("start", req.rid, req.ids, req.max_new_tokens, s["temperature"], s["top_k"], s["top_p"], s["seed"])
+            )
+
+    def _cancel(self, req: Request):
+        with self.lock:
+            if req.rid is not None:
+                self._send(("cancel", req.rid))  # the loop frees its slot and says so
+                return
+            self.waiting = deque(r for r in self.waiting if r is not req)
+        req.done.set()
+        req.notify()
+
+    # ------------------------------------------------------------ the reader thread
+
+    def _read(self):
+        """Forward what the loop writes to the requests; when the loop is gone, fail every request."""
+        while True:
+            try:
+                kind, steps, tokens, ended = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            assert kind == "step"
+            finished = []
+            with self.lock:
+                self.steps = steps
+                for rid, token, prob in tokens:
+                    req = self.running[rid]
+                    req.probs.append(prob)  # first: readers go by len(tokens)
+                    req.tokens.append(token)
+                    if len(req.tokens) == 1:
+                        finished.append((req, "first"))
+                for rid, error in ended:
+                    req = self.running.pop(rid)
+                    req.error = RuntimeError(error) if error else None
+                    finished.append((req, "done"))
+                self._start_waiting()
+            for req, what in finished:
+                if what == "done":
+                    req.done.set()
+                req.notify()
+        code = self.process.wait() if self.process is not None else None
+        with self.lock:
+            self.stopped = "the decode loop has stopped" + (f" (exit code {code})" if code else "")
+            gone = list(self.running.values()) + list(self.waiting)
+            self.running, self.waiting = {}, deque()
+        for req in gone:
+            req.error = EngineStopped(f"{self.stopped}; restart the app")
             req.done.set()
             req.notify()
-        gone = {id(r) for r in finished}
-        self.rows = [r for r in self.rows if id(r) not in gone]
 
-    def _compact(self):
-        """Keep the running rows at 0..B-1: a row whose request left takes over the last row's cache."""
-        for i, req in enumerate(self.rows):
-            if req.row != i:
-                self.k[:, i, :, : req.pos] = self.k[:, req.row, :, : req.pos]
-                self.v[:, i, :, : req.pos] = self.v[:, req.row, :, : req.pos]
-                req.row = i
+
+def start_worker(conn: Connection) -> subprocess.Popen:
+    """A fresh Python that imports only this module (not the server's main script, as multiprocessing's
+    spawn would), with `conn` as its end of the pipe."""
+    here = str(Path(__file__).resolve().parent)
+    code = f"import sys; sys.path.insert(0, {here!r}); import engine; engine.worker_main({conn.fileno()})"
+    proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[conn.fileno()], stdin=subprocess.DEVNULL)
+    conn.close()  # the child has its own copy
+    return proc
