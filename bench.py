@@ -39,7 +39,9 @@ from machine import enable_tf32, hardware_name, pick_device, pick_dtype, sync
 from model_gpt2 import GPT
 from train_gpt2 import PRESETS, Machine, build_trainer, config_from_preset, lr_factor, model_config, train, train_step
 
-NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, optimizer="adamw")
+NANOGPT_CPU = dict(
+    n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, bias=False, optimizer="adamw"
+)  # nanoGPT's train.py: no biases
 SHAKESPEARE_CHAR = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)  # nanoGPT's 10.7M model
 
 
