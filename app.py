@@ -3,6 +3,7 @@
     python app.py --model out --port 7860         # a folder written by train_gpt2.py
     python app.py --model ORG/NAME                # a model on the Hugging Face Hub
     python app.py --model out --slots 16 --max-waiting 32   # 16 texts at once, 32 more in line (the defaults)
+    python app.py --model out --threads 1         # the decode loop on one core (default: every core)
 
 On a Hugging Face Space this file runs unchanged: the Space variable GPT_MODEL names the model
 repo and the app listens on 0.0.0.0:7860. The event is also an API:
@@ -210,11 +211,14 @@ async def stream_request(engine: Engine, tok, req, text: str, wake: asyncio.Even
     yield text, colored
 
 
-def build_demo(model: GPT, source: str = "", slots: int = SLOTS, max_waiting: int = MAX_WAITING) -> gr.Blocks:
+def build_demo(
+    model: GPT, source: str = "", slots: int = SLOTS, max_waiting: int = MAX_WAITING, threads: int | None = None
+) -> gr.Blocks:
     """The page around `model` (`source` names it in the header). Launch it with css=CSS.
 
-    Generation runs in one Engine for the model: `slots` texts at once, `max_waiting` more in line."""
-    engine = Engine(model, slots=slots, max_waiting=max_waiting)
+    Generation runs in one Engine for the model, in a process of its own with `threads` PyTorch threads
+    (default: every core PyTorch uses here): `slots` texts at once, `max_waiting` more in line."""
+    engine = Engine(model, slots=slots, max_waiting=max_waiting, threads=threads)
     with Blocks(title="Character-level GPT-2") as demo:
         gr.Markdown(model_facts(model, source))
         with gr.Row():
@@ -311,23 +315,29 @@ def main(argv=None):
         default=MAX_WAITING,
         help=f"requests that may wait for a slot; more are told to try again (default {MAX_WAITING})",
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help=f"PyTorch threads of the decode loop (default {torch.get_num_threads()}: every core PyTorch uses here)",
+    )
     args = ap.parse_args(argv)
-    if args.slots < 1 or args.max_waiting < 0:
-        ap.error(f"--slots must be >= 1 and --max-waiting >= 0, got {args.slots} and {args.max_waiting}")
+    if args.slots < 1 or args.max_waiting < 0 or args.threads < 1:
+        ap.error(
+            f"--slots and --threads must be >= 1 and --max-waiting >= 0, got {args.slots}, {args.threads} "
+            f"and {args.max_waiting}"
+        )
 
     source = pick_model(args.model)
     try:
         model = load_model(source)
     except (OSError, ValueError) as e:
         sys.exit(f"Could not load the model {source!r}: {e}")
-    # one thread for the decode loop: the other core serves the web page and streams to every user, and
-    # PyTorch's threads slow down badly when they compete for cores (a Space's 2 vCPUs run both)
-    torch.set_num_threads(1)
     print(
         f"serving {source}: {count(model.num_params())} parameters, {args.slots} texts at once on "
         f"{hardware_name('cpu')}, at http://{args.host}:{args.port}"
     )
-    build_demo(model, source, args.slots, args.max_waiting).launch(
+    build_demo(model, source, args.slots, args.max_waiting, args.threads).launch(
         server_name=args.host, server_port=args.port, css=CSS
     )
 

@@ -697,16 +697,11 @@ def bench_serving(vocab, app_dir: Path, users=16, chars=200, alone_runs=5) -> di
 
 
 def loop_ceiling(model: GPT, users: int, chars: int) -> dict:
-    """The decode loop alone (engine.py, no server, no HTTP, 1 PyTorch thread as app.py gives it): one
+    """The decode loop alone (engine.py, no server, no HTTP, PyTorch's threads as app.py gives it): one
     request against `users` at once. What the app can reach at most; the rest is the server's cost."""
     from engine import Engine
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the loop's process takes this process's thread count
-    try:
-        engine = Engine(model, slots=users)
-    finally:
-        torch.set_num_threads(threads)
+    engine = Engine(model, slots=users)
     ids = model.tokenizer.encode("ROMEO:")
 
     def run(n):

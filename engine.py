@@ -346,9 +346,12 @@ class Engine:
     """The shared decode loop for one model: `slots` requests at a time, `max_waiting` more in line.
 
     The loop runs in a process of its own (in a thread where a process cannot be given a connection:
-    Windows, or process=False) with the PyTorch thread count this process has now. close() stops it."""
+    Windows, or process=False) with `threads` PyTorch threads (default: as many as this process uses
+    now). close() stops it."""
 
-    def __init__(self, model: GPT, slots: int = 16, max_waiting: int = 32, process: bool = True):
+    def __init__(
+        self, model: GPT, slots: int = 16, max_waiting: int = 32, process: bool = True, threads: int | None = None
+    ):
         if slots < 1 or max_waiting < 0:
             raise ValueError(f"slots must be >= 1 and max_waiting >= 0, got {slots} and {max_waiting}")
         self.slots, self.max_waiting = slots, max_waiting
@@ -363,7 +366,7 @@ class Engine:
         if process and os.name == "posix":
             self.process = start_worker(theirs)
             self.thread = None
-            self.conn.send((model_payload(model), slots, torch.get_num_threads()))
+            self.conn.send((model_payload(model), slots, threads or torch.get_num_threads()))
         else:
             self.process = None
             self.thread = threading.Thread(target=serve, args=(theirs, slots, model), name="decode-loop", daemon=True)
