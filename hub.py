@@ -12,7 +12,8 @@ push uploads config.json, model.safetensors, the tokenizer files, onnx/model.onn
 the way), metrics.jsonl, loss.png and a fresh model card (README.md, with a sample); never
 resume.safetensors (the optimizer state is for training only). deploy --static uploads static/index.html (pointed at the
 model repo), static/app.js and a README.md with `sdk: static`: static Spaces are free for everyone.
-deploy (Gradio) uploads app.py, model_gpt2.py, a requirements.txt that installs the CPU build of
+deploy (Gradio) uploads app.py and the modules it imports (engine.py, machine.py, model_gpt2.py), a
+requirements.txt that installs the CPU build of
 torch, and the Space's README.md, and sets the Space variable GPT_MODEL=ORG/NAME that app.py reads.
 
 The Gradio app needs about 1 GB of RAM and 2 vCPUs, which the Space's default `cpu-basic` hardware
@@ -52,7 +53,9 @@ MODEL_FILES = (
     "loss.png",
 )
 # + README.md, rendered
-SPACE_FILES = ("app.py", "model_gpt2.py")  # + requirements.txt and README.md, generated
+# app.py and every module of ours it imports (tests/test_hub.py starts the app from these files alone);
+# + requirements.txt and README.md, generated
+SPACE_FILES = ("app.py", "engine.py", "machine.py", "model_gpt2.py")
 # training and exporting only: left out of the Space's requirements
 TRAINING_ONLY = ("matplotlib", "onnx", "onnxscript")
 STATIC_DIR = ROOT / "static"

@@ -324,9 +324,10 @@ def test_deploy_sends_the_app_cpu_requirements_and_space_card(space_root, online
     }
     assert api.calls[1][2]["repo_id"] == SPACE and api.calls[1][2]["repo_type"] == "space"
     assert api.calls[2][1] == (SPACE, "GPT_MODEL", REPO)  # updates an existing Space too
-    assert set(api.sent) == {"app.py", "model_gpt2.py", "requirements.txt", "README.md"}
+    assert set(api.sent) == {"app.py", "engine.py", "machine.py", "model_gpt2.py", "requirements.txt", "README.md"}
     assert api.sent["app.py"] == (space_root / "app.py").read_bytes()
-    assert api.sent["model_gpt2.py"] == (ROOT / "model_gpt2.py").read_bytes()
+    for name in ("engine.py", "machine.py", "model_gpt2.py"):
+        assert api.sent[name] == (ROOT / name).read_bytes()
 
     repo_reqs = (ROOT / "requirements.txt").read_text()
     reqs = api.sent["requirements.txt"].decode().splitlines()
@@ -398,12 +399,41 @@ def test_deploy_refused_or_unreachable_is_a_clear_error(space_root, online, erro
         deploy_space(SPACE, REPO, token="hf_test", api=RecordingApi(error, fail_on))
 
 
+@pytest.mark.slow
+def test_the_files_deploy_sends_run_the_app_on_their_own(tmp_path, online, shakespeare_vocab):
+    """The Space has only what deploy sent: in a folder holding just those files, app.py imports, its
+    decode loop's process starts from there, and a request gets its text."""
+    api = RecordingApi()
+    deploy_space(SPACE, REPO, token="hf_test", api=api)
+    space = tmp_path / "space"
+    space.mkdir()
+    for name, data in api.sent.items():
+        (space / name).write_bytes(data)
+    make_tiny_model(shakespeare_vocab).save_pretrained(tmp_path / "model")
+    (space / "check.py").write_text(
+        "import sys\n"
+        "import app\n"
+        "from engine import Engine\n"
+        "from model_gpt2 import load_model\n"
+        "model = load_model(sys.argv[1])\n"
+        "app.build_demo(model, 'model')\n"
+        "ids = Engine(model, slots=1).submit(model.tokenizer.encode('ROMEO:'), 20, temperature=0).result(60)\n"
+        "print('ok', len(ids), flush=True)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of the repo on the path
+    proc = subprocess.run(
+        [sys.executable, "check.py", str(tmp_path / "model")], cwd=space, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("ok 20")
+
+
 def test_deploy_without_app_py_says_so(monkeypatch, tmp_path, online):
-    shutil.copy2(ROOT / "requirements.txt", tmp_path / "requirements.txt")
-    shutil.copy2(ROOT / "model_gpt2.py", tmp_path / "model_gpt2.py")
+    for name in ("requirements.txt", "engine.py", "machine.py", "model_gpt2.py"):
+        shutil.copy2(ROOT / name, tmp_path / name)
     monkeypatch.setattr(hub, "ROOT", tmp_path)
     api = RecordingApi()
-    with pytest.raises(HubError, match="app.py not found"):
+    with pytest.raises(HubError, match=r"^app.py not found in .*: the Space is built from these files"):
         deploy_space(SPACE, REPO, token="hf_test", api=api)
     assert api.calls == []
 
