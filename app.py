@@ -25,7 +25,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from engine import Engine, EngineBusy
+from engine import Engine, EngineBusy, EngineStopped
 from machine import hardware_name
 from model_gpt2 import GPT, load_model
 
@@ -169,6 +169,8 @@ def make_generate(model: GPT, engine: Engine):
                 f"The server is busy: {engine.slots} texts are being written and {engine.max_waiting} more "
                 "wait in line. Try again in a few seconds."
             ) from None
+        except EngineStopped as e:
+            raise reject(f"The text generator is not running ({e}).") from None
         try:
             async for update in stream_request(engine, tok, req, text, wake):
                 yield update

@@ -166,9 +166,10 @@ class Batcher:
     def step(self, out: Outbox):
         """Every request gets one token (a newcomer its first, sent at once); the ones that go on get their next logits."""
         new, self.new = self.new, []
-        for row in new:
+        for row in new:  # all in rows first: if a prefill fails, fail() ends every one of them
             row.row = len(self.rows)
             self.rows.append(row)
+        for row in new:
             if not row.cancelled:
                 self._prefill(row)
                 self._next_token(row, out)
@@ -265,7 +266,10 @@ def serve(conn: Connection, slots: int, model: GPT):
 
     def handle(message):
         if message[0] == "start":
-            batcher.add(Row(*message[1:], block_size=batcher.block))
+            try:
+                batcher.add(Row(*message[1:], block_size=batcher.block))
+            except Exception as e:  # that request fails, the loop goes on
+                out.ended.append((message[1], f"{type(e).__name__}: {e}"))
         elif message[0] == "cancel":
             batcher.cancel(message[1])
         return message[0] != "close"
@@ -366,8 +370,17 @@ class Engine:
         if process and os.name == "posix":
             self.process = start_worker(theirs)
             self.thread = None
-            self.conn.send((model_payload(model), slots, threads or torch.get_num_threads()))
+            try:
+                self.conn.send((model_payload(model), slots, threads or torch.get_num_threads()))
+            except OSError as e:  # it died at start: _wait_until_ready says why
+                self.conn.close()
+                self.process.wait()
+                raise RuntimeError(
+                    f"the decode process could not start (exit code {self.process.returncode}): {e}"
+                ) from e
         else:
+            if threads:  # a thread shares this process's PyTorch threads
+                torch.set_num_threads(threads)
             self.process = None
             self.thread = threading.Thread(target=serve, args=(theirs, slots, model), name="decode-loop", daemon=True)
             self.thread.start()
@@ -390,10 +403,13 @@ class Engine:
     def submit(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, notify=None) -> Request:
         """Queue a generation of `max_new_tokens` after the token ids `ids`; raises EngineBusy if the line is full."""
         check_sampling(max_new_tokens, temperature, top_k, top_p)
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if not ids:
             raise ValueError("ids must hold at least one token")
         # a request without a seed still gets its own generator: requests never share random state
         seed = random.getrandbits(63) if seed is None else seed
+        torch.Generator().manual_seed(seed)  # a seed the loop could not use fails here, for this caller only
         sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         req = Request(self, ids[-self.block :], max_new_tokens, sampling, notify)
         with self.lock:
@@ -422,12 +438,17 @@ class Engine:
             if not self.stopped:
                 self._send(("close",))
         if self.process is not None:
-            self.process.wait(timeout=30)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
         self.reader.join(timeout=30)
 
     # ------------------------------------------------------------ under self.lock
 
     def _send(self, message):
+        # under self.lock, from the server's threads: the loop reads between steps, and what is sent is
+        # small (at most `slots` starts of <= block_size ids, and cancels), far below the socket's buffer
         try:
             self.conn.send(message)
         except OSError:  # the loop is gone: the reader fails every request
@@ -450,45 +471,60 @@ class Engine:
                 return
             self.waiting = deque(r for r in self.waiting if r is not req)
         req.done.set()
-        req.notify()
+        _notify(req)
 
     # ------------------------------------------------------------ the reader thread
 
     def _read(self):
-        """Forward what the loop writes to the requests; when the loop is gone, fail every request."""
-        while True:
-            try:
-                kind, steps, tokens, ended = self.conn.recv()
-            except (EOFError, OSError):
-                break
-            assert kind == "step"
-            finished = []
+        """Forward what the loop writes to the requests; when the loop is gone (or this thread fails), fail
+        every request: none is left waiting for a loop that no longer answers."""
+        try:
+            while True:
+                try:
+                    message = self.conn.recv()
+                except (EOFError, OSError):
+                    break
+                self._forward(*message)
+        finally:
+            code = self.process.wait() if self.process is not None else None
             with self.lock:
-                self.steps = steps
-                for rid, token, prob in tokens:
-                    req = self.running[rid]
+                self.stopped = "the decode loop has stopped" + (f" (exit code {code})" if code else "")
+                self.stopped += "; restart the app"
+                gone = list(self.running.values()) + list(self.waiting)
+                self.running, self.waiting = {}, deque()
+            for req in gone:
+                req.error = EngineStopped(self.stopped)
+                req.done.set()
+                _notify(req)
+
+    def _forward(self, kind, steps, tokens, ended):
+        wake = []
+        with self.lock:
+            self.steps = steps
+            for rid, token, prob in tokens:
+                req = self.running.get(rid)
+                if req is not None:
                     req.probs.append(prob)  # first: readers go by len(tokens)
                     req.tokens.append(token)
                     if len(req.tokens) == 1:
-                        finished.append((req, "first"))
-                for rid, error in ended:
-                    req = self.running.pop(rid)
+                        wake.append(req)
+            for rid, error in ended:
+                req = self.running.pop(rid, None)
+                if req is not None:
                     req.error = RuntimeError(error) if error else None
-                    finished.append((req, "done"))
-                self._start_waiting()
-            for req, what in finished:
-                if what == "done":
                     req.done.set()
-                req.notify()
-        code = self.process.wait() if self.process is not None else None
-        with self.lock:
-            self.stopped = "the decode loop has stopped" + (f" (exit code {code})" if code else "")
-            gone = list(self.running.values()) + list(self.waiting)
-            self.running, self.waiting = {}, deque()
-        for req in gone:
-            req.error = EngineStopped(f"{self.stopped}; restart the app")
-            req.done.set()
-            req.notify()
+                    wake.append(req)
+            self._start_waiting()
+        for req in wake:
+            _notify(req)
+
+
+def _notify(req: Request):
+    """req.notify(), whose failure (a closed event loop) must not stop the reader that serves every request."""
+    try:
+        req.notify()
+    except Exception as e:  # noqa: BLE001 - one reader serves all requests
+        print(f"engine: a request's notify() failed: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 def start_worker(conn: Connection) -> subprocess.Popen:

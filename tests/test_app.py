@@ -24,6 +24,7 @@ from gradio_client.exceptions import AppError
 from helpers import CHROMIUM, CHROMIUM_FLAGS, ROOT, free_port, make_tiny_model, require, server_process
 
 import app
+from engine import Engine
 from model_gpt2 import load_model
 
 pytestmark = pytest.mark.slow
@@ -348,6 +349,18 @@ def test_browser_generates_with_the_chosen_settings(server, model, tmp_path):
             page.locator(".toast-body", has_text="☃").wait_for(timeout=30_000)
         finally:
             browser.close()
+
+
+def test_a_stopped_decode_loop_gets_a_one_line_error_not_a_traceback(model):
+    import asyncio
+
+    import gradio as gr
+
+    engine = Engine(model, slots=1)
+    engine.close()
+    generate = app.make_generate(model, engine)
+    with pytest.raises(gr.Error, match=r"The text generator is not running \(the decode loop has stopped; restart"):
+        asyncio.run(generate("ROMEO:", 10).__anext__())
 
 
 def test_without_a_model_the_app_says_how_to_get_one(tmp_path, monkeypatch):

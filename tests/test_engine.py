@@ -175,3 +175,35 @@ def test_in_a_thread_the_loop_gives_the_same_texts(model):
     for sampling in SETTINGS[:3]:
         assert run(engine, model, "ROMEO:", 60, **sampling) == model.generate_text("ROMEO:", 60, **sampling)
     engine.close()
+
+
+def test_a_failing_request_fails_alone_and_the_loop_goes_on(model):
+    """A prefill that raises (an id outside the vocabulary) ends every request of that step with the
+    error instead of leaving some without an answer; a seed the loop could not use is refused at submit."""
+    engine = Engine(model, slots=4)
+    good = model.tokenizer.encode("ROMEO:")
+    reqs = [engine.submit(ids, 20, temperature=0) for ids in (good, [10**6], good)]
+    with pytest.raises(RuntimeError, match="IndexError"):
+        reqs[1].result(timeout=30)
+    for req in (reqs[0], reqs[2]):
+        req.done.wait(30)
+        assert req.done.is_set()  # answered: a text, or the same step's error
+    with pytest.raises(ValueError, match="Overflow"):  # at submit, for this caller only
+        engine.submit(good, 5, seed=2**64)
+    assert run(engine, model, "ROMEO:", 30, temperature=0) == model.generate_text("ROMEO:", 30, temperature=0)
+    assert engine.stats()["running"] == 0
+    engine.close()
+
+
+def test_a_failing_notify_does_not_stop_the_other_requests(model):
+    engine = Engine(model, slots=2)
+
+    def broken():
+        raise RuntimeError("event loop is closed")
+
+    ids = model.tokenizer.encode("ROMEO:")
+    bad, fine = engine.submit(ids, 20, notify=broken), engine.submit(ids, 20, temperature=0)
+    assert len(bad.result(timeout=30)) == 20
+    assert fine.result(timeout=30) == model.generate(model.encode_prompt("ROMEO:"), 20, temperature=0)[0, 6:].tolist()
+    assert run(engine, model, "KING:", 10, temperature=0) == model.generate_text("KING:", 10, temperature=0)
+    engine.close()
