@@ -650,7 +650,7 @@ def build_trainer(cfg: TrainConfig, machine: Machine, train_data: np.ndarray, vo
     device_type = machine.device.split(":")[0]
     optimizers = build_optimizers(model, cfg, device_type)  # [AdamW] or [AdamW, Muon]
     scaler = torch.amp.GradScaler(device_type, enabled=machine.dtype == torch.float16)
-    forward = compile_or_eager(model) if cfg.compile else model
+    forward = compile_or_eager(model, (cfg.batch_size, cfg.block_size)) if cfg.compile else model
     if machine.ddp:
         forward = DDP(forward, device_ids=[int(machine.device.split(":")[1])] if device_type == "cuda" else None)
     return Trainer(cfg, machine, model, forward, optimizers, scaler, train_data)
@@ -1028,11 +1028,15 @@ def budget_factor(cfg: TrainConfig, spent: float) -> float:
     return floor + (1 - floor) * max(0.0, left) / span
 
 
-def compile_or_eager(model):
-    """torch.compile, or the eager model with a warning when compilation is unavailable or fails."""
+def compile_or_eager(model, batch_shape=(1, 8)):
+    """torch.compile, or the eager model with a warning when compilation is unavailable or fails.
+
+    Compiled for the one (batch, context) shape training feeds it (evaluation and sampling run the
+    model itself): static shapes, compiled once here. Warming up on another shape would compile it
+    a second time at the first real batch, with dynamic shapes, whose kernels are slower."""
     try:
-        compiled = torch.compile(model)
-        x = torch.zeros((1, 8), dtype=torch.long, device=next(model.parameters()).device)
+        compiled = torch.compile(model, dynamic=False)
+        x = torch.zeros(batch_shape, dtype=torch.long, device=next(model.parameters()).device)
         compiled(x, x)[1].backward()  # compilation happens on the first call: fail here, not mid-run
         model.zero_grad(set_to_none=True)
         return compiled
