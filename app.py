@@ -191,8 +191,8 @@ async def stream_request(engine: Engine, tok, req, text: str, wake: asyncio.Even
                 ahead = now
                 label = f"Waiting for a free slot: {now} in line" if now else OUTPUT_LABEL
                 yield gr.Textbox(value=text, label=label), colored
-        # the first character at once (the engine wakes us), then one update per ~50 ms: a message
-        # per character would flood the browser at hundreds of characters a second
+        # the first character at once (the engine wakes us), then one update per STREAM_EVERY, fewer
+        # when many texts run (UPDATES_PER_SECOND): a message per character would flood the browser
         every = max(STREAM_EVERY, engine.stats()["running"] / UPDATES_PER_SECOND)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(wake.wait(), every)

@@ -71,9 +71,9 @@ class Row:
     """One request inside the decode loop: its window of token ids, its sampling settings and generator,
     and its row of the KV cache."""
 
-    def __init__(self, rid, ids, max_new_tokens, temperature, top_k, top_p, seed, block_size):
+    def __init__(self, rid, ids, max_new_tokens, temperature, top_k, top_p, seed):
         self.rid = rid
-        self.window = list(ids)[-block_size:]  # what the model sees: at most block_size ids
+        self.window = list(ids)  # what the model sees: at most block_size ids (Engine.submit keeps the end)
         self.left = max_new_tokens
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.generator = torch.Generator().manual_seed(seed)
@@ -267,7 +267,7 @@ def serve(conn: Connection, slots: int, model: GPT):
     def handle(message):
         if message[0] == "start":
             try:
-                batcher.add(Row(*message[1:], block_size=batcher.block))
+                batcher.add(Row(*message[1:]))
             except Exception as e:  # that request fails, the loop goes on
                 out.ended.append((message[1], f"{type(e).__name__}: {e}"))
         elif message[0] == "cancel":
@@ -317,8 +317,8 @@ class Request:
     token) and calls `notify()` when the first token is ready and when the request ends; readers
     poll in between."""
 
-    def __init__(self, engine, ids, max_new_tokens, sampling: dict, notify):
-        self.ids, self.max_new_tokens, self.sampling = list(ids), max_new_tokens, sampling
+    def __init__(self, engine, start: tuple, notify):
+        self.start = start  # (ids, max_new_tokens, temperature, top_k, top_p, seed): what the loop gets
         self.tokens: list[int] = []
         self.probs: list[float] = []
         self.error: BaseException | None = None
@@ -369,7 +369,6 @@ class Engine:
         self.conn, theirs = Pipe()
         if process and os.name == "posix":
             self.process = start_worker(theirs)
-            self.thread = None
             try:
                 self.conn.send((model_payload(model), slots, threads or torch.get_num_threads()))
             except OSError as e:  # it died at start: _wait_until_ready says why
@@ -382,8 +381,7 @@ class Engine:
             if threads:  # a thread shares this process's PyTorch threads
                 torch.set_num_threads(threads)
             self.process = None
-            self.thread = threading.Thread(target=serve, args=(theirs, slots, model), name="decode-loop", daemon=True)
-            self.thread.start()
+            threading.Thread(target=serve, args=(theirs, slots, model), name="decode-loop", daemon=True).start()
         self._wait_until_ready()
         self.reader = threading.Thread(target=self._read, name="engine-reader", daemon=True)
         self.reader.start()
@@ -410,8 +408,7 @@ class Engine:
         # a request without a seed still gets its own generator: requests never share random state
         seed = random.getrandbits(63) if seed is None else seed
         torch.Generator().manual_seed(seed)  # a seed the loop could not use fails here, for this caller only
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        req = Request(self, ids[-self.block :], max_new_tokens, sampling, notify)
+        req = Request(self, (list(ids[-self.block :]), max_new_tokens, temperature, top_k, top_p, seed), notify)
         with self.lock:
             if self.stopped:
                 raise EngineStopped(self.stopped)
@@ -459,10 +456,7 @@ class Engine:
             req = self.waiting.popleft()
             req.rid = next(self._ids)
             self.running[req.rid] = req
-            s = req.sampling
-            self._send(
-                ("start", req.rid, req.ids, req.max_new_tokens, s["temperature"], s["top_k"], s["top_p"], s["seed"])
-            )
+            self._send(("start", req.rid, *req.start))
 
     def _cancel(self, req: Request):
         with self.lock:
