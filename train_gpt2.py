@@ -650,7 +650,10 @@ def build_trainer(cfg: TrainConfig, machine: Machine, train_data: np.ndarray, vo
     device_type = machine.device.split(":")[0]
     optimizers = build_optimizers(model, cfg, device_type)  # [AdamW] or [AdamW, Muon]
     scaler = torch.amp.GradScaler(device_type, enabled=machine.dtype == torch.float16)
-    forward = compile_or_eager(model, (cfg.batch_size, cfg.block_size)) if cfg.compile else model
+    forward = model
+    if cfg.compile:
+        starts = np.zeros(cfg.batch_size, dtype=np.int64)
+        forward = compile_or_eager(model, make_batch(train_data, starts, cfg.block_size, machine.device))
     if machine.ddp:
         forward = DDP(forward, device_ids=[int(machine.device.split(":")[1])] if device_type == "cuda" else None)
     return Trainer(cfg, machine, model, forward, optimizers, scaler, train_data)
@@ -1028,16 +1031,18 @@ def budget_factor(cfg: TrainConfig, spent: float) -> float:
     return floor + (1 - floor) * max(0.0, left) / span
 
 
-def compile_or_eager(model, batch_shape=(1, 8)):
+def compile_or_eager(model, batch=None):
     """torch.compile, or the eager model with a warning when compilation is unavailable or fails.
 
-    Compiled for the one (batch, context) shape training feeds it (evaluation and sampling run the
-    model itself): static shapes, compiled once here. Warming up on another shape would compile it
-    a second time at the first real batch, with dynamic shapes, whose kernels are slower."""
+    Compiled once, here, on `batch` (inputs, targets): one of training's own batches (evaluation and
+    sampling run the model itself). Its shapes are static, and its layout is the batches' too (views
+    of one (B, T + 1) window tensor): a warm-up batch of another shape or stride would make the first
+    real batch compile it a second time, inside the run's time budget."""
     try:
         compiled = torch.compile(model, dynamic=False)
-        x = torch.zeros(batch_shape, dtype=torch.long, device=next(model.parameters()).device)
-        compiled(x, x)[1].backward()  # compilation happens on the first call: fail here, not mid-run
+        if batch is None:
+            batch = (torch.zeros((1, 8), dtype=torch.long, device=next(model.parameters()).device),) * 2
+        compiled(*batch)[1].backward()  # compilation happens on the first call: fail here, not mid-run
         model.zero_grad(set_to_none=True)
         return compiled
     except Exception as e:  # noqa: BLE001 - any compiler failure means "run eagerly"

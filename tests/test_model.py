@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import make_tiny_model
 
 from model_gpt2 import GPT, CharTokenizer, GPTConfig, load_model, sample_next_token
@@ -103,7 +104,24 @@ def test_tied_weights_and_gpt2_init():
     assert model.transformer.h[3].attn.c_proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
     assert model.transformer.h[3].mlp.c_proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
     assert model.transformer.h[0].ln_1.eps == 1e-5
-    assert model.transformer.h[0].mlp.gelu.approximate == "tanh"
+
+
+def test_gelu_is_gpt2s_tanh_gelu_in_both_forms(monkeypatch):
+    """The MLP's GELU is GPT-2's tanh approximation (transformers' gelu_new): ATen's kernel eagerly,
+    and, where torch.compile traces training on a CPU, the sigmoid form, equal in value and gradient."""
+    gelu = GPT(GPTConfig(block_size=8, vocab_size=5, n_layer=1, n_head=1, n_embd=8)).transformer.h[0].mlp.gelu
+    x = torch.linspace(-12, 12, 4001, requires_grad=True)
+    ref = F.gelu(x, approximate="tanh")
+    (ref_grad,) = torch.autograd.grad(ref.sum(), x)
+    assert torch.equal(gelu(x), ref)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    traced = gelu(x)
+    (traced_grad,) = torch.autograd.grad(traced.sum(), x)
+    torch.testing.assert_close(traced, ref, atol=2e-6, rtol=1e-6)
+    torch.testing.assert_close(traced_grad, ref_grad, atol=2e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        gelu.sigmoid_form(x.double()), F.gelu(x.double(), approximate="tanh"), atol=1e-12, rtol=0
+    )
 
 
 def test_causality():

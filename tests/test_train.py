@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -472,6 +473,25 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     model = make_tiny_model("abcd")
     with pytest.warns(UserWarning, match="torch.compile failed .* training eagerly"):
         assert tg.compile_or_eager(model) is model
+
+
+@pytest.mark.slow
+def test_compile_on_cpu_trains_as_eager(prepared_data, tmp_path, monkeypatch):
+    """--compile on a CPU (inductor; there the MLP's GELU takes its sigmoid form) trains the model
+    eager training does: the same losses and weights after 10 steps, up to float rounding. It compiles
+    once, before the run: the batches training feeds it do not compile it again."""
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    common = dict(data_dir=str(prepared_data), **TINY, max_iters=10, eval_interval=10, device="cpu")
+
+    def run(out, **kw):
+        return tg.train(tg.config_from_preset(None, out_dir=str(tmp_path / out), **{**common, **kw}), progress=False)
+
+    eager = run("eager")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile failed")  # a fallback to eager would pass unseen
+        compiled = run("compiled", compile=True)
+    assert compiled["best_val_loss"] == pytest.approx(eager["best_val_loss"], abs=1e-4)
+    assert_same_weights(resume_weights(tmp_path / "eager"), resume_weights(tmp_path / "compiled"), atol=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA AMP, fused AdamW and compile need a GPU")
