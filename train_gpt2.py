@@ -650,12 +650,17 @@ def build_trainer(cfg: TrainConfig, machine: Machine, train_data: np.ndarray, vo
     device_type = machine.device.split(":")[0]
     optimizers = build_optimizers(model, cfg, device_type)  # [AdamW] or [AdamW, Muon]
     scaler = torch.amp.GradScaler(device_type, enabled=machine.dtype == torch.float16)
-    forward = model
+
+    def wrap(module):  # DDP all-reduces the gradients of every process's backward
+        if not machine.ddp:
+            return module
+        return DDP(module, device_ids=[int(machine.device.split(":")[1])] if device_type == "cuda" else None)
+
     if cfg.compile:
-        starts = np.zeros(cfg.batch_size, dtype=np.int64)
-        forward = compile_or_eager(model, make_batch(train_data, starts, cfg.block_size, machine.device))
-    if machine.ddp:
-        forward = DDP(forward, device_ids=[int(machine.device.split(":")[1])] if device_type == "cuda" else None)
+        batch = make_batch(train_data, np.zeros(cfg.batch_size, dtype=np.int64), cfg.block_size, machine.device)
+        forward = compile_or_eager(model, batch, machine.autocast, wrap)
+    else:
+        forward = wrap(model)
     return Trainer(cfg, machine, model, forward, optimizers, scaler, train_data)
 
 
@@ -1031,24 +1036,29 @@ def budget_factor(cfg: TrainConfig, spent: float) -> float:
     return floor + (1 - floor) * max(0.0, left) / span
 
 
-def compile_or_eager(model, batch=None):
-    """torch.compile, or the eager model with a warning when compilation is unavailable or fails.
+def compile_or_eager(model, batch=None, autocast=None, wrap=lambda module: module):
+    """wrap(torch.compile(model)), or wrap(model) with a warning when compilation is unavailable or fails.
 
-    Compiled once, here, on `batch` (inputs, targets): one of training's own batches (evaluation and
-    sampling run the model itself). Its shapes are static, and its layout is the batches' too (views
-    of one (B, T + 1) window tensor): a warm-up batch of another shape or stride would make the first
-    real batch compile it a second time, inside the run's time budget."""
+    Compiled once, here, by a forward and backward on `batch` (inputs, targets), one of training's own
+    batches, under training's `autocast` and through `wrap` (DDP), as training calls it: a warm-up of
+    another shape, stride (training's batches are views of one (B, T + 1) tensor), precision or
+    wrapper would make the first real step compile it again, inside the run's time budget (and a
+    model compiled outside DDP misses DDP's graph splits). Evaluation and sampling run the model itself."""
+    forward = None
     try:
-        compiled = torch.compile(model, dynamic=False)
+        forward = wrap(torch.compile(model, dynamic=False))
         if batch is None:
             batch = (torch.zeros((1, 8), dtype=torch.long, device=next(model.parameters()).device),) * 2
-        compiled(*batch)[1].backward()  # compilation happens on the first call: fail here, not mid-run
+        with autocast or nullcontext():
+            loss = forward(*batch)[1]
+        loss.backward()  # compilation happens on the first call: fail here, not mid-run
         model.zero_grad(set_to_none=True)
-        return compiled
+        return forward
     except Exception as e:  # noqa: BLE001 - any compiler failure means "run eagerly"
         warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); training eagerly", stacklevel=1)
+        del forward  # the failed wrapper goes (with its DDP hooks) before the model is wrapped again
         model.zero_grad(set_to_none=True)
-        return model
+        return wrap(model)
 
 
 def train_or_resume(cfg: TrainConfig, progress: bool | None = None) -> dict | None:

@@ -124,6 +124,27 @@ def test_gelu_is_gpt2s_tanh_gelu_in_both_forms(monkeypatch):
     )
 
 
+def test_compiled_training_takes_the_sigmoid_form_and_nothing_else_does():
+    """What torch.compile traces: the sigmoid form for training on a CPU (gradients needed), ATen's
+    gelu for inference (no gradients: sampling, the app, ONNX export)."""
+    gelu = GPT(GPTConfig(block_size=8, vocab_size=5, n_layer=1, n_head=1, n_embd=8)).transformer.h[0].mlp.gelu
+    graphs = []
+
+    def record(graph_module, example_inputs):  # a torch.compile backend that keeps the traced graph
+        graphs.append({node.target for node in graph_module.graph.nodes})
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(gelu, backend=record, dynamic=False)
+    x = torch.randn(4, 8, requires_grad=True)
+    compiled(x)
+    with torch.no_grad():  # as in the model: under no_grad, the Linear before it gives no gradient
+        compiled(x.detach())
+    assert len(graphs) == 2
+    assert torch.sigmoid in graphs[0] and F.gelu not in graphs[0]
+    assert F.gelu in graphs[1] and torch.sigmoid not in graphs[1]
+
+
 def test_causality():
     """Changing token t+1 never changes the logits at positions <= t."""
     model = make_tiny_model("abcdefgh", block_size=16).eval()
