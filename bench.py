@@ -248,6 +248,7 @@ def bench_vs_nanogpt(device, data, vocab, data_dir, checkout, quick) -> dict | N
     cfg = config_from_preset("cpu", device=device, **NANOGPT_CPU)
     compiled, compile_s = None, None
     if not quick:
+        torch._dynamo.reset()  # a model compiled earlier in this process would make compiling look free
         t0 = time.perf_counter()
         compiled = StepTimer(config_from_preset("cpu", device=device, **NANOGPT_CPU, compile=True), data, vocab, device)
         compiled.step()
@@ -284,6 +285,7 @@ def bench_compile(device, data, vocab, quick) -> dict | None:
     out = {}
     for name, overrides in (("nanogpt_cpu", NANOGPT_CPU), ("cpu", {})):
         eager = StepTimer(config_from_preset("cpu", device=device, **overrides), data, vocab, device)
+        torch._dynamo.reset()  # a model compiled earlier in this process would make compiling look free
         t0 = time.perf_counter()
         compiled = StepTimer(config_from_preset("cpu", device=device, **overrides, compile=True), data, vocab, device)
         compiled.step()  # compiled in build_trainer, on a training batch; its first step is counted too
