@@ -236,6 +236,16 @@ def run_nanogpt(checkout: Path, data_dir: Path, iters: int) -> list:
     return [float(ms) for ms in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", proc.stdout, re.M)]
 
 
+def compiled_timer(overrides: dict, data, vocab, device) -> tuple[StepTimer, float]:
+    """A StepTimer of the `cpu` preset with `overrides`, compiled (as train_gpt2.py does, in build_trainer,
+    on a training batch), and the seconds compiling and its first step took."""
+    torch._dynamo.reset()  # a model compiled earlier in this process would make compiling look free
+    t0 = time.perf_counter()
+    compiled = StepTimer(config_from_preset("cpu", device=device, **overrides, compile=True), data, vocab, device)
+    compiled.step()
+    return compiled, time.perf_counter() - t0
+
+
 def bench_vs_nanogpt(device, data, vocab, data_dir, checkout, quick) -> dict | None:
     """Our step and nanoGPT's train.py at its CPU configuration, in this run, in turns: ours, then
     nanoGPT's, three times; the ratio is taken turn by turn and the median reported, so a change
@@ -248,11 +258,7 @@ def bench_vs_nanogpt(device, data, vocab, data_dir, checkout, quick) -> dict | N
     cfg = config_from_preset("cpu", device=device, **NANOGPT_CPU)
     compiled, compile_s = None, None
     if not quick:
-        torch._dynamo.reset()  # a model compiled earlier in this process would make compiling look free
-        t0 = time.perf_counter()
-        compiled = StepTimer(config_from_preset("cpu", device=device, **NANOGPT_CPU, compile=True), data, vocab, device)
-        compiled.step()
-        compile_s = time.perf_counter() - t0
+        compiled, compile_s = compiled_timer(NANOGPT_CPU, data, vocab, device)
     ours, theirs, ours_compiled = [], [], []
     for _ in range(turns):
         ours.append(StepTimer(cfg, data, vocab, device).ms_per_step(steps, warmup=5))
@@ -285,11 +291,7 @@ def bench_compile(device, data, vocab, quick) -> dict | None:
     out = {}
     for name, overrides in (("nanogpt_cpu", NANOGPT_CPU), ("cpu", {})):
         eager = StepTimer(config_from_preset("cpu", device=device, **overrides), data, vocab, device)
-        torch._dynamo.reset()  # a model compiled earlier in this process would make compiling look free
-        t0 = time.perf_counter()
-        compiled = StepTimer(config_from_preset("cpu", device=device, **overrides, compile=True), data, vocab, device)
-        compiled.step()  # compiled in build_trainer, on a training batch; its first step is counted too
-        compile_s = time.perf_counter() - t0
+        compiled, compile_s = compiled_timer(overrides, data, vocab, device)
         times = {"eager": [], "compiled": []}
         for _ in range(3):
             times["eager"].append(eager.ms_per_step(15, warmup=2))

@@ -1036,7 +1036,7 @@ def budget_factor(cfg: TrainConfig, spent: float) -> float:
     return floor + (1 - floor) * max(0.0, left) / span
 
 
-def compile_or_eager(model, batch=None, autocast=None, wrap=lambda module: module):
+def compile_or_eager(model, batch, autocast=None, wrap=lambda module: module):
     """wrap(torch.compile(model)), or wrap(model) with a warning when compilation is unavailable or fails.
 
     Compiled once, here, by a forward and backward on `batch` (inputs, targets), one of training's own
@@ -1047,8 +1047,6 @@ def compile_or_eager(model, batch=None, autocast=None, wrap=lambda module: modul
     forward = None
     try:
         forward = wrap(torch.compile(model, dynamic=False))
-        if batch is None:
-            batch = (torch.zeros((1, 8), dtype=torch.long, device=next(model.parameters()).device),) * 2
         with autocast or nullcontext():
             loss = forward(*batch)[1]
         loss.backward()  # compilation happens on the first call: fail here, not mid-run

@@ -472,7 +472,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     monkeypatch.setattr(torch, "compile", broken)
     model = make_tiny_model("abcd")
     with pytest.warns(UserWarning, match="torch.compile failed .* training eagerly"):
-        assert tg.compile_or_eager(model) is model
+        assert tg.compile_or_eager(model, (torch.zeros((1, 8), dtype=torch.long),) * 2) is model
 
 
 @pytest.mark.slow
