@@ -17,8 +17,10 @@ Inputs left out of an API call take the defaults the page shows (100 characters,
 import argparse
 import asyncio
 import contextlib
+import errno
 import math
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -26,7 +28,7 @@ import gradio as gr
 import torch
 
 from engine import Engine, EngineBusy, EngineStopped
-from machine import hardware_name
+from machine import ModelTooLargeError, check_fits, hardware_name
 from model_gpt2 import GPT, load_model
 
 MAX_SEED = 2**32 - 1
@@ -39,6 +41,11 @@ STREAM_EVERY = 0.05  # seconds between a text's streamed updates: smooth to the 
 # ...with a ceiling on the server's updates a second in all: each one costs the server and the client a
 # millisecond or two of CPU, so with 16 texts running each gets ~5 a second, not 20 (bench.py --serving)
 UPDATES_PER_SECOND = 80
+# Gradio runs at most `max_threads` events at once (40 unless told) and keeps the others in a queue of its
+# own that shows them no place in line. So it is told to run every request the engine can hold (`slots`
+# writing, `max_waiting` in the engine's line, which says where each one is) plus this many more, which
+# reach the engine only to be told at once that the server is busy.
+REFUSING = 32
 EXAMPLES = ["ROMEO:", "First Citizen:\n", "To be, or not", "KING RICHARD III:\nNow is the"]
 TRAIN_HINT = "python data/prepare.py && python train_gpt2.py --preset cpu --out-dir out"
 
@@ -90,24 +97,38 @@ def as_float(value, name: str, valid: str, ok) -> float:
 
 class Blocks(gr.Blocks):
     """gr.Blocks whose API calls may leave out trailing inputs: they take the components' defaults
-    (those the API page shows). Gradio would refuse them with an error the caller never sees."""
+    (those the API page shows). Gradio would refuse them with an error the caller never sees.
+    launch() takes `launch_defaults` for what its caller leaves out (build_demo sets them)."""
+
+    launch_defaults: dict = {}
 
     def validate_inputs(self, block_fn, inputs: list):
         inputs.extend(block.value for block in block_fn.inputs[len(inputs) :])  # in place: the call uses this list
         super().validate_inputs(block_fn, inputs)
+
+    def launch(self, *args, **kwargs):
+        return super().launch(*args, **(self.launch_defaults | kwargs))
 
 
 def count(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
 
 
+def finite(x) -> int | float | None:
+    """x if it is a finite number, else None: a model's training facts come from its config.json, which
+    anyone may have written ("lots" of tokens, NaN)."""
+    ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return x if ok else None
+
+
 def model_facts(model: GPT, source: str) -> str:
-    """The header: what this model is, read from the model itself."""
+    """The header: what this model is, read from the model itself (facts that are not numbers: "not recorded")."""
     c, info = model.config, model.train_info
-    val = info.get("val_loss_full") or info.get("val_loss")
-    tokens = info.get("tokens_seen")
-    val_text = f"{val:.3f}" if isinstance(val, (int, float)) else "not recorded"
-    tokens_text = count(tokens) if tokens else "not recorded"
+    val = finite(info.get("val_loss_full"))
+    val = val if val is not None else finite(info.get("val_loss"))
+    tokens = finite(info.get("tokens_seen"))
+    val_text = f"{val:.3f}" if val is not None else "not recorded"
+    tokens_text = count(tokens) if tokens is not None and tokens > 0 else "not recorded"
     return (
         "# Character-level GPT-2\n"
         f"**{count(model.num_params())} parameters** · {c.n_layer} layers · {c.n_head} heads · "
@@ -216,7 +237,7 @@ async def stream_request(engine: Engine, tok, req, text: str, wake: asyncio.Even
 def build_demo(
     model: GPT, source: str = "", slots: int = SLOTS, max_waiting: int = MAX_WAITING, threads: int | None = None
 ) -> gr.Blocks:
-    """The page around `model` (`source` names it in the header). Launch it with css=CSS.
+    """The page around `model` (`source` names it in the header). Its launch() brings the CSS and the queue settings.
 
     Generation runs in one Engine for the model, in a process of its own with `threads` PyTorch threads
     (default: every core PyTorch uses here): `slots` texts at once, `max_waiting` more in line."""
@@ -283,7 +304,10 @@ def build_demo(
             # (the components' own checks would say only "Value 1.5 is greater than maximum value 1")
             preprocess=False,
         )
-    return demo.queue(max_size=slots + max_waiting, default_concurrency_limit=2)
+    # Gradio's own queue only hands requests over (see REFUSING): the engine's line is the one with a limit;
+    # and no file input here: an upload would only be stored and served back, so none is taken
+    demo.launch_defaults = dict(css=CSS, max_threads=slots + max_waiting + REFUSING, max_file_size=0)
+    return demo.queue(max_size=None, default_concurrency_limit=2)
 
 
 def pick_model(arg: str | None) -> str:
@@ -329,19 +353,67 @@ def main(argv=None):
             f"--slots and --threads must be >= 1 and --max-waiting >= 0, got {args.slots}, {args.threads} "
             f"and {args.max_waiting}"
         )
+    if not 1 <= args.port <= 65535:
+        ap.error(f"--port must be from 1 to 65535, got {args.port}")
+    cores = usable_cores()
+    if args.threads > cores:
+        print(
+            f"warning: --threads {args.threads} but this machine lets the app use {cores} cores: more threads than "
+            f"cores make the decode loop much slower; pass --threads {cores} or fewer",
+            file=sys.stderr,
+        )
+    check_port(args.host, args.port)  # before loading anything: a taken port is found in a second
 
     source = pick_model(args.model)
     try:
         model = load_model(source)
     except (OSError, ValueError) as e:
         sys.exit(f"Could not load the model {source!r}: {e}")
+    c = model.config
+    slot_mb = 2 * c.n_layer * c.block_size * c.n_embd * 4 / 1e6  # one slot's keys and values, fp32
+    try:  # the decode loop preallocates the KV cache of every slot: refuse what cannot fit before starting it
+        check_fits(
+            c,
+            batch_size=args.slots,
+            what=f"{source} with --slots {args.slots}",
+            fix=f"Pass a smaller --slots (each slot's KV cache takes {slot_mb:,.2f} MB).",
+        )
+    except ModelTooLargeError as e:
+        sys.exit(str(e))
+    try:
+        demo = build_demo(model, source, args.slots, args.max_waiting, args.threads)
+    except RuntimeError as e:  # the decode loop died before serving: say why, instead of serving "restart the app"
+        sys.exit(f"Could not start the text generator: {e}")
     print(
         f"serving {source}: {count(model.num_params())} parameters, {args.slots} texts at once on "
         f"{hardware_name('cpu')}, at http://{args.host}:{args.port}"
     )
-    build_demo(model, source, args.slots, args.max_waiting, args.threads).launch(
-        server_name=args.host, server_port=args.port, css=CSS
-    )
+    try:
+        demo.launch(server_name=args.host, server_port=args.port)
+    except OSError as e:  # the port was taken in the meantime
+        sys.exit(f"Could not listen on {args.host}:{args.port} ({e}): pass another --port")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container or taskset may allow fewer than the machine has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def check_port(host: str, port: int):
+    """Exit with one line when the app cannot listen on host:port (Gradio would print a traceback, later)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a closed app's port is free
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                sys.exit(
+                    f"Port {port} is already in use on {host} (another app?): pass another --port, e.g. --port {port + 1}"
+                )
+            sys.exit(f"Cannot listen on {host}:{port} ({e.strerror or e}): pass another --host or --port")
 
 
 if __name__ == "__main__":

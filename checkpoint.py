@@ -16,7 +16,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from hub import render_model_card
-from model_gpt2 import GPT, damaged_file_error, follow_umask, readable_safetensors
+from model_files import damaged_file_error, follow_umask, readable_safetensors
+from model_gpt2 import GPT
 
 
 def _durable_replace(src: Path, dst: Path) -> None:

@@ -82,6 +82,7 @@ class Row:
         self.pos = 0  # positions of its row already in the cache
         self.logits = None  # (1, vocab): the next token's logits, once prefilled or decoded
         self.state = "new"  # then "decode", "ready" or "done": see Batcher._next_token
+        self.error: str | None = None  # why it ended early: what failed for this request alone
 
 
 def transposed_weights(model: GPT) -> list:
@@ -164,34 +165,49 @@ class Batcher:
         return bool(self.rows or self.new)
 
     def step(self, out: Outbox):
-        """Every request gets one token (a newcomer its first, sent at once); the ones that go on get their next logits."""
+        """Every request gets one token (a newcomer its first, sent at once); the ones that go on get their next logits.
+
+        What one request's settings or ids make fail (a prefill, a sample, its own decode step) ends that
+        request alone, with the error; the others keep going."""
         new, self.new = self.new, []
-        for row in new:  # all in rows first: if a prefill fails, fail() ends every one of them
+        for row in new:  # all in rows first: if something fails between rows, fail() ends every one of them
             row.row = len(self.rows)
             self.rows.append(row)
         for row in new:
             if not row.cancelled:
-                self._prefill(row)
-                self._next_token(row, out)
+                self._alone(row, lambda r: self._start(r, out))
                 out.flush(self.steps)  # its first character goes out now, not after the others' prefills
         fresh = {id(r) for r in new}
         for row in self.rows:
             if id(row) not in fresh:
-                self._next_token(row, out)
+                self._alone(row, lambda r: self._next_token(r, out))
         ended = [r for r in self.rows if r.state == "done" or r.cancelled]
-        out.ended += [(r.rid, None) for r in ended]
+        out.ended += [(r.rid, r.error) for r in ended]
         self.rows = [r for r in self.rows if not (r.state == "done" or r.cancelled)]
         self._compact()
         decode = [r for r in self.rows if r.state == "decode"]
         if decode:
-            self._decode(decode)
+            self._decode(decode)  # a row whose own decode fails is "done": it leaves at the next step
         self.steps += 1
 
     def fail(self, out: Outbox, error: BaseException):
-        """A broken step fails its requests, not the loop."""
-        message = f"{type(error).__name__}: {error}"
+        """A broken step (outside any one request's work) fails its requests, not the loop."""
+        message = one_line(error)
         out.ended += [(r.rid, message) for r in self.rows + self.new]
         self.rows, self.new = [], []
+
+    @staticmethod
+    def _alone(row: Row, work):
+        """work(row), for this request only: if it raises, the request ends with the error; its neighbours go on."""
+        try:
+            work(row)
+        except Exception as e:  # noqa: BLE001 - whatever one request causes, it must not end the others
+            row.state, row.error = "done", one_line(e)
+
+    def _start(self, row: Row, out: Outbox):
+        """A newcomer: prefill its window, then its first token."""
+        self._prefill(row)
+        self._next_token(row, out)
 
     def _prefill(self, row: Row):
         """Compute row.window's keys/values into its cache row (alone: as GPT.stream does) and the next logits."""
@@ -203,10 +219,16 @@ class Batcher:
     def _next_token(self, row: Row, out: Outbox):
         """Sample row's next token from its logits; row.state says what it needs next:
         "done" (finished or cancelled), "decode" (a decode step), "ready" (re-prefilled: it has its logits)."""
-        if row.cancelled:
+        if row.cancelled or row.state == "done":  # done: its own decode step failed
             row.state = "done"
             return
-        nxt = int(sample_next_token(row.logits, row.temperature, row.top_k, row.top_p, row.generator))
+        try:
+            nxt = int(sample_next_token(row.logits, row.temperature, row.top_k, row.top_p, row.generator))
+        except Exception as e:  # noqa: BLE001 - say which settings could not be sampled
+            raise RuntimeError(
+                f"could not sample the next character with temperature {row.temperature}, top-k {row.top_k}, "
+                f"top-p {row.top_p}: {one_line(e)}"
+            ) from e
         out.tokens.append((row.rid, nxt, float(torch.softmax(row.logits.float(), dim=-1)[0, nxt])))
         row.left -= 1
         if row.left == 0:
@@ -221,19 +243,27 @@ class Batcher:
 
     def _decode(self, decode: list[Row]):
         if len(self.rows) == 1:  # alone: GPT.decode_step itself, so the text equals generate_text's
-            row = decode[0]
-            cache = SlotCache(self.k[:, :1], self.v[:, :1], row.pos)
-            row.logits = self.model.decode_step(torch.tensor([row.window[-1]], device=self.k.device), cache)
-            row.pos = cache.pos
+            self._alone(decode[0], self._decode_alone)
             return
         # every row takes part (rows 0..B-1 are views, not copies); a row that was just re-prefilled
         # computes a throwaway step at its next free position, which its next decode overwrites
         idx = torch.tensor([r.window[-1] for r in self.rows], device=self.k.device)
         pos = torch.tensor([r.pos for r in self.rows], device=self.k.device)
-        logits = decode_rows(self.model, self.weights, idx, pos, self.k, self.v)
+        try:
+            logits = decode_rows(self.model, self.weights, idx, pos, self.k, self.v)
+        except Exception:  # noqa: BLE001 - the batch failed (memory?): each row takes its step alone instead,
+            for row in decode:  # so only a row that fails on its own is lost
+                self._alone(row, self._decode_alone)
+            return
         for row in decode:
             row.logits = logits[row.row : row.row + 1]
             row.pos += 1
+
+    def _decode_alone(self, row: Row):
+        """One decode step for this row alone (GPT.decode_step on its row of the cache)."""
+        cache = SlotCache(self.k[:, row.row : row.row + 1], self.v[:, row.row : row.row + 1], row.pos)
+        row.logits = self.model.decode_step(torch.tensor([row.window[-1]], device=self.k.device), cache)
+        row.pos = cache.pos
 
     def _compact(self):
         """Keep the running rows at 0..B-1: a row whose request left takes over the last row's cache."""
@@ -242,6 +272,11 @@ class Batcher:
                 self.k[:, i, :, : row.pos] = self.k[:, row.row, :, : row.pos]
                 self.v[:, i, :, : row.pos] = self.v[:, row.row, :, : row.pos]
                 row.row = i
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line for a request's answer: its type and message (PyTorch's may span several lines)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def model_payload(model: GPT) -> bytes:
@@ -259,10 +294,10 @@ def load_payload(payload: bytes) -> GPT:
     return model.to(saved["device"]).eval()
 
 
-def serve(conn: Connection, slots: int, model: GPT):
+def serve(conn: Connection, batcher: Batcher):
     """The decode loop: take starts and cancels from `conn` between steps, send each step's characters back.
     Ends when the server closes the connection or says "close"."""
-    batcher, out = Batcher(model, slots), Outbox(conn.send)
+    out = Outbox(conn.send)
 
     def handle(message):
         if message[0] == "start":
@@ -299,12 +334,13 @@ def worker_main(fd: int):
     try:
         payload, slots, threads = conn.recv()
         torch.set_num_threads(threads)
-        model = load_payload(payload)
+        # the KV cache too, before "ready": a loop that cannot hold it fails now, while the server can still say why
+        batcher = Batcher(load_payload(payload), slots)
     except Exception as e:
-        conn.send(("failed", f"{type(e).__name__}: {e}"))
+        conn.send(("failed", one_line(e)))
         return
     conn.send(("ready",))
-    serve(conn, slots, model)
+    serve(conn, batcher)
 
 
 # ------------------------------------------------------------------ the server's side
@@ -381,7 +417,8 @@ class Engine:
             if threads:  # a thread shares this process's PyTorch threads
                 torch.set_num_threads(threads)
             self.process = None
-            threading.Thread(target=serve, args=(theirs, slots, model), name="decode-loop", daemon=True).start()
+            batcher = Batcher(model, slots)  # its KV cache: a failure raises here, before anything is served
+            threading.Thread(target=serve, args=(theirs, batcher), name="decode-loop", daemon=True).start()
         self._wait_until_ready()
         self.reader = threading.Thread(target=self._read, name="engine-reader", daemon=True)
         self.reader.start()
@@ -394,9 +431,21 @@ class Engine:
         except (EOFError, OSError):
             ready = None
         if not ready or ready[0] != "ready":
+            try:  # it said why, it died (the pipe closed), or it did not answer in time (still running)
+                code = self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
             self.process.kill()
-            why = ready[1] if ready else f"it did not start within {START_TIMEOUT} s"
-            raise RuntimeError(f"the decode process could not load the model: {why}")
+            self.process.wait()
+            if ready:
+                why = ready[1]
+            elif code is None:
+                why = f"it did not start within {START_TIMEOUT} s"
+            elif code < 0:  # SIGKILL: most likely the kernel's out-of-memory killer
+                why = f"it was killed by signal {-code}" + (" (out of memory?)" if code == -9 else "")
+            else:
+                why = f"it exited with code {code}"
+            raise RuntimeError(f"the decode process could not load the model and its KV cache: {why}")
 
     def submit(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, notify=None) -> Request:
         """Queue a generation of `max_new_tokens` after the token ids `ids`; raises EngineBusy if the line is full."""

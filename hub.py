@@ -33,13 +33,15 @@ import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import fields
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants, get_token
-from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, HTTPError, OfflineModeIsEnabled
+from huggingface_hub.utils import validate_repo_id
 
-from model_gpt2 import GPT, GPT2_NAMES, REPO_ID, GPTConfig, load_model
+from model_files import GPT2_NAMES, REPO_ID
+from model_gpt2 import GPT, GPTConfig, load_model
 
 ROOT = Path(__file__).resolve().parent
 # the architecture in the card's table: GPTConfig's fields under their names in config.json
@@ -55,7 +57,7 @@ MODEL_FILES = (
 # + README.md, rendered
 # app.py and every module of ours it imports (tests/test_hub.py starts the app from these files alone);
 # + requirements.txt and README.md, generated
-SPACE_FILES = ("app.py", "engine.py", "machine.py", "model_gpt2.py")
+SPACE_FILES = ("app.py", "engine.py", "machine.py", "model_gpt2.py", "model_files.py")
 # training and exporting only: left out of the Space's requirements
 TRAINING_ONLY = ("matplotlib", "onnx", "onnxscript")
 STATIC_DIR = ROOT / "static"
@@ -80,7 +82,8 @@ class HubError(RuntimeError):
 
 
 def is_tiny_shakespeare(config: dict) -> bool:
-    name = (config.get("train_info") or {}).get("dataset")
+    info = config.get("train_info")
+    name = info.get("dataset") if isinstance(info, dict) else None
     if name:  # data/prepare.py names it tiny_shakespeare only when the text's sha256 is the file's
         return name == "tiny_shakespeare"
     return config.get("vocab") == TINY_SHAKESPEARE_VOCAB
@@ -139,11 +142,11 @@ def render_model_card(config: dict, out_dir: Path, sample: str | None = None, re
 
     `config` is what config.json holds (model.hub_config()); loss.png is shown when out_dir has one.
     """
-    info = config.get("train_info") or {}
+    info = config.get("train_info") if isinstance(config.get("train_info"), dict) else {}
     shakespeare = is_tiny_shakespeare(config)
     n_params, vocab_size = config["num_params"], config["vocab_size"]
     curve = "\n![loss curve](loss.png)\n" if (Path(out_dir) / "loss.png").is_file() else ""
-    fence = "````" if sample and "```" in sample else "```"  # a sample must not close its own code block
+    fence = code_fence(sample or "")
     sample_block = (
         f"\n## Sample\n\nPrompt: a newline; temperature 0.8, seed 0, 300 characters, as generated:\n\n"
         f"{fence}text\n{sample}\n{fence}\n"
@@ -191,6 +194,18 @@ MIT.
 """
 
 
+def code_fence(text: str) -> str:
+    """A Markdown code fence that `text` cannot close: longer than any run of backticks in it (3 at least)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def finite(x) -> int | float | None:
+    """x if it is a finite number, else None: training facts come from a config.json that anyone may have written."""
+    ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return x if ok else None
+
+
 def card_front_matter(shakespeare: bool) -> str:
     tags = ["gpt2", "character-level", "text-generation"] + (["tiny-shakespeare"] if shakespeare else [])
     return "\n".join(
@@ -202,27 +217,34 @@ def card_front_matter(shakespeare: bool) -> str:
 
 
 def card_results(info: dict) -> str:
-    """The rows of the card's results table; the validation loss says what it was measured on."""
-    tc = info.get("train_config") or {}
+    """The rows of the card's results table; the validation loss says what it was measured on. A fact that is
+    not what it should be (a number that is not a finite number, a name that is not text) is "not recorded"."""
+    tc = info.get("train_config") if isinstance(info.get("train_config"), dict) else {}
 
-    def fmt(x, spec=""):
+    def number(key, spec):
+        x = finite(info.get(key))
         return "not recorded" if x is None else format(x, spec)
 
-    if info.get("val_loss_full") is not None:
+    def text(key):
+        x = info.get(key)
+        return x.replace("|", "/").replace("\n", " ") if isinstance(x, str) and x.strip() else "not recorded"
+
+    if finite(info.get("val_loss_full")) is not None:
         val = f"| validation loss (whole validation split) | {info['val_loss_full']:.4f} |"
-    elif info.get("val_loss") is not None:
-        batches = f"{tc['eval_iters']} fixed batches" if "eval_iters" in tc else "fixed batches"
+    elif finite(info.get("val_loss")) is not None:
+        iters = finite(tc.get("eval_iters"))
+        batches = f"{iters} fixed batches" if iters is not None else "fixed batches"
         val = f"| validation loss (estimate on {batches} of the validation split) | {info['val_loss']:.4f} |"
     else:
         val = "| validation loss | not measured |"
     return "\n".join(
         [
             val,
-            f"| train loss (estimate at the saved step) | {fmt(info.get('train_loss'), '.4f')} |",
-            f"| steps | {fmt(info.get('step'), ',')} |",
-            f"| tokens seen | {fmt(info.get('tokens_seen'), ',')} |",
-            f"| hardware | {fmt(info.get('hardware'))} |",
-            f"| precision | {fmt(info.get('dtype'))} |",
+            f"| train loss (estimate at the saved step) | {number('train_loss', '.4f')} |",
+            f"| steps | {number('step', ',')} |",
+            f"| tokens seen | {number('tokens_seen', ',')} |",
+            f"| hardware | {text('hardware')} |",
+            f"| precision | {text('dtype')} |",
         ]
     )
 
@@ -230,7 +252,8 @@ def card_results(info: dict) -> str:
 def card_settings(config: dict, train_config: dict) -> str:
     """The architecture, the parameter count and the training settings, one table row each."""
     settings = [(k, config[k]) for k in ARCH_KEYS] + [("parameters", f"{config['num_params']:,}")]
-    settings += [(k, train_config[k]) for k in CARD_TRAIN_KEYS if k in train_config]
+    if isinstance(train_config, dict):
+        settings += [(k, train_config[k]) for k in CARD_TRAIN_KEYS if k in train_config]
     return "\n".join(f"| {k} | {v} |" for k, v in settings)
 
 
@@ -238,10 +261,19 @@ def card_settings(config: dict, train_config: dict) -> str:
 
 
 def check_repo_id(repo_id: str, what: str = "repo id") -> None:
+    """ORG/NAME by the Hub's own rules (huggingface_hub's validate_repo_id), checked before anything runs."""
     if not REPO_ID.match(repo_id or ""):
         raise HubError(
             f"{what} must look like ORG/NAME (your user or organization name, a slash, a name), got {repo_id!r}"
         )
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise HubError(
+            f"{what} {repo_id!r} is not a name the Hub accepts ({e}). Use ORG/NAME made of letters, digits, '-', "
+            "'_' and '.', each part not starting or ending with '-' or '.', no '--' or '..', not ending in .git, "
+            "96 characters at most"
+        ) from None
 
 
 def ready_to_upload(token: str | None) -> str:
@@ -358,8 +390,8 @@ def preview_server(out_dir, onnx_file, host: str = "127.0.0.1", port: int = 8000
     files.update({"/model/config.json": out_dir / "config.json", "/model/onnx/model.onnx": Path(onnx_file)})
     page = static_page("model/").encode()
 
-    class Handler(SimpleHTTPRequestHandler):
-        def do_GET(self):
+    class Handler(BaseHTTPRequestHandler):  # only these files: nothing else of this machine is served
+        def do_GET(self, head: bool = False):
             path = self.path.split("?")[0]
             if path in ("/", "/index.html"):
                 body, kind = page, "text/html; charset=utf-8"
@@ -373,7 +405,11 @@ def preview_server(out_dir, onnx_file, host: str = "127.0.0.1", port: int = 8000
                 self.send_header(key, value)
             self.send_header("content-length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not head:
+                self.wfile.write(body)
+
+        def do_HEAD(self):  # exactly GET's answer, without the body
+            self.do_GET(head=True)
 
         def log_message(self, *args):  # quiet: one line per file would bury the URL
             pass

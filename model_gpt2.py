@@ -2,7 +2,9 @@
 
 This file is pure: it builds modules and nothing else (no file I/O beyond save_pretrained and
 from_pretrained, no globals read, no work at import). It ships to a Hugging Face Space beside
-app.py, so it needs only torch, huggingface_hub and safetensors (and tokenizers to save).
+app.py, with the two modules it imports (model_files.py: the folder's format; machine.py: whether
+a model fits in memory), so it needs only torch, huggingface_hub and safetensors (and tokenizers
+to save).
 
     from model_gpt2 import load_model
     model = load_model("out")                       # a folder written by train_gpt2.py, or "ORG/NAME" on the Hub
@@ -14,11 +16,8 @@ in GPT-2's layout (its Conv1D weights transposed) and a character-level tokenize
 `pipeline("text-generation", model="out")` works too.
 """
 
-import contextlib
 import json
 import math
-import os
-import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -26,11 +25,23 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import HfHubHTTPError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
+
+from machine import check_fits
+from model_files import (
+    GPT2_FIXED,
+    GPT2_NAMES,
+    LOAD_FIX,
+    config_from_json,
+    damaged_weights,
+    follow_umask,
+    from_gpt2_state_dict,
+    model_files_in,
+    to_gpt2_state_dict,
+    tokenizer_files,
+)
 
 
 @dataclass
@@ -222,9 +233,6 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # a Hub repo id: ORG/NAME
-
-
 class GPT(nn.Module):
     """GPT-2 language model over characters.
 
@@ -293,6 +301,27 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def internals(self, idx):
+        """One window through the model with attention written out, keeping what the views show.
+        idx (B, T), T <= block_size -> logits (B, T, vocab); attention (B, n_layer, n_head, T, T), each
+        row the softmax weights one character gives the characters up to itself; lens_logits
+        (B, n_layer, T, vocab): the logits each layer's output gives when it goes straight through ln_f
+        and the head (the logit lens; the last layer's are the logits). Slower than forward (no SDPA)."""
+        t, c = self.transformer, self.config
+        B, T = idx.shape
+        H, hs = c.n_head, c.n_embd // c.n_head
+        x = t.wte(idx) + t.wpe(torch.arange(T, device=idx.device))
+        visible = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()  # causal
+        attention, lens = [], []
+        for block in t.h:
+            q, k, v = block.attn.c_attn(block.ln_1(x)).view(B, T, 3, H, hs).permute(2, 0, 3, 1, 4).unbind(0)
+            y, weights = attend(q, k, v, visible)
+            x = x + block.attn.c_proj(y.transpose(1, 2).reshape(B, T, c.n_embd))
+            x = x + block.mlp(block.ln_2(x))
+            attention.append(weights)
+            lens.append(self.lm_head(t.ln_f(x)))
+        return lens[-1], torch.stack(attention, dim=1), torch.stack(lens, dim=1)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on matrices and embeddings (>= 2-D), not on biases or LayerNorms."""
@@ -467,8 +496,8 @@ class GPT(nn.Module):
     def from_pretrained(cls, name_or_path, map_location: str | torch.device = "cpu", revision: str | None = None):
         """Load from a folder written by save_pretrained, or a Hub repo id "ORG/NAME". Strict: every
         weight must match the architecture in config.json, and no architecture field is guessed."""
-        config_path, weights_path = _model_files(str(name_or_path), revision)
-        config, vocab, train_info, legacy = config_from_json(config_path)
+        config_path, weights_path = model_files_in(str(name_or_path), revision)
+        config, vocab, train_info, legacy = config_from_json(config_path, GPTConfig)
         # a config.json can come from any repo: refuse a model too large for memory before allocating
         check_fits(config, map_location, what=f"the model {str(name_or_path)!r}", fix=LOAD_FIX)
         with torch.device("meta"):  # no memory until the weights are read
@@ -496,129 +525,14 @@ class GPT(nn.Module):
         return model.to(map_location)
 
 
-# GPT-2 stores these four as Conv1D, i.e. transposed: (in_features, out_features). attn.c_proj is square, so a
-# forgotten transpose would load without a shape error and be silently wrong.
-CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-# GPTConfig field -> its name in a transformers GPT-2 config.json (the others have the same name)
-GPT2_NAMES = {"block_size": "n_positions", "dropout": "resid_pdrop"}
-GPT2_FIXED = {  # what our architecture always is, in transformers' terms
-    "activation_function": "gelu_new",  # the tanh approximation of GELU
-    "layer_norm_epsilon": 1e-5,
-    "n_inner": None,  # = 4 * n_embd
-    "tie_word_embeddings": True,
-    "scale_attn_weights": True,
-}
-
-
-def to_gpt2_state_dict(model: "GPT") -> dict[str, torch.Tensor]:
-    """Our weights under GPT-2's names and orientation; a bias=False model gets explicit zero biases
-    (GPT-2 always has them, and a zero bias computes the same)."""
-    out = {}
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.LayerNorm)) and name != "lm_head":  # lm_head is tied to wte
-            w = module.weight.detach()
-            out[f"{name}.weight"] = w.t() if f"{name}.weight".endswith(CONV1D_WEIGHTS) else w
-            bias = module.bias if module.bias is not None else torch.zeros(w.size(0) if w.dim() > 1 else w.numel())
-            out[f"{name}.bias"] = bias.detach()
-    out["transformer.wte.weight"] = model.transformer.wte.weight.detach()
-    out["transformer.wpe.weight"] = model.transformer.wpe.weight.detach()
-    return {k: v.contiguous().cpu() for k, v in out.items()}
-
-
-def from_gpt2_state_dict(tensors: dict, config: GPTConfig, source) -> dict[str, torch.Tensor]:
-    """The inverse of to_gpt2_state_dict: our names and orientation. A bias=False model's biases must be zero."""
-    state = {}
-    for name, t in tensors.items():
-        if name.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers older transformers saved
-            continue
-        if name.endswith(".bias") and not config.bias:
-            if torch.count_nonzero(t):
-                raise ValueError(f"{source} has a non-zero {name} but config.json says bias: false")
-            continue
-        state[name] = t.t() if name.endswith(CONV1D_WEIGHTS) else t
-    return state
-
-
-def config_from_json(path) -> tuple[GPTConfig, str, dict, bool]:
-    """(architecture, vocabulary, train_info, is_legacy_layout) from a config.json, strictly: every
-    architecture field must be there; a bad file or value is named with what to do."""
-    try:
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(
-            f"{path} is not valid JSON ({e}); restore it from the Hub repo or the out-dir it came from"
-        ) from e
-    if not isinstance(d, dict):
-        raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object: not a model's config.json")
-    legacy = "model_type" not in d and "block_size" in d
-    if not legacy and d.get("model_type") != "gpt2":
-        raise ValueError(
-            f"{path} is not a model saved by model_gpt2: model_type is {d.get('model_type')!r}, not 'gpt2'."
-        )
-    if not legacy:
-        for key, want in GPT2_FIXED.items():
-            if key in d and d[key] != want and not (key == "n_inner" and d[key] == 4 * d.get("n_embd", 0)):
-                raise ValueError(f"{path}: {key} is {d[key]!r}; model_gpt2 builds only {key} = {want!r}")
-    keys = {f.name: f.name if legacy else GPT2_NAMES.get(f.name, f.name) for f in fields(GPTConfig)}
-    missing = [k for k in [*keys.values(), "vocab"] if d.get(k) is None]
-    if missing:
-        raise ValueError(
-            f"{path} is not a model saved by model_gpt2: it lacks {', '.join(missing)} (a character-level GPT-2's "
-            "config.json names its whole architecture and its vocabulary; no field is guessed)."
-        )
-    try:
-        config = GPTConfig(**{name: d[key] for name, key in keys.items()})
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
-    if not isinstance(d["vocab"], str) or len(d["vocab"]) != config.vocab_size:
-        raise ValueError(f"{path}: vocab must be a string of vocab_size ({config.vocab_size}) characters")
-    return config, d["vocab"], dict(d.get("train_info") or {}), legacy
-
-
-def _model_files(name: str, revision: str | None) -> tuple[str, str]:
-    """Local paths of config.json and model.safetensors: in the folder `name`, or downloaded from the Hub repo `name`."""
-    if os.path.isdir(name):
-        missing = [f for f in ("config.json", "model.safetensors") if not (Path(name) / f).is_file()]
-        if missing:
-            raise ValueError(
-                f"{name!r} is not a saved GPT model: {' and '.join(missing)} missing. "
-                "A model folder is written by train_gpt2.py --out-dir or GPT.save_pretrained()."
-            )
-        return str(Path(name) / "config.json"), str(Path(name) / "model.safetensors")
-    if os.path.exists(name) or not REPO_ID.match(name) or name.startswith((".", "/", "~")):
-        raise FileNotFoundError(
-            f"no model folder at {name!r}. Train one with `python train_gpt2.py --out-dir {name}`, "
-            "or pass a Hub repo id like ORG/NAME."
-        )
-    try:
-        return tuple(hf_hub_download(name, f, revision=revision) for f in ("config.json", "model.safetensors"))
-    except (OSError, HfHubHTTPError) as e:  # not found, offline, no permission, no network
-        raise OSError(
-            f"could not load {name!r} from the Hugging Face Hub ({type(e).__name__}). Check the repo id, "
-            "your connection and, for a private repo, your token (`hf auth login`). "
-            "Offline, HF_HUB_OFFLINE=1 uses the local cache."
-        ) from e
-
-
-def tokenizer_files(vocab: str, block_size: int) -> tuple[str, dict]:
-    """tokenizer.json and tokenizer_config.json for transformers' AutoTokenizer: one token per character
-    with CharTokenizer's ids, decoding joins characters with nothing between them. A character outside the
-    vocabulary is dropped before tokenizing (as the app and the sampler drop it): no id shifts, no token is
-    added, so vocab_size stays the model's."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-
-    outside = "[^" + "".join(f"\\x{{{ord(ch):x}}}" for ch in vocab) + "]"
-    # WordLevel needs an unknown token; the normalizer has already removed every character it would apply to
-    tok = Tokenizer(models.WordLevel({ch: i for i, ch in enumerate(vocab)}, unk_token=vocab[0]))
-    tok.normalizer = normalizers.Replace(Regex(outside), "")
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character alone
-    tok.decoder = decoders.Fuse()
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",  # not GPT2Tokenizer: no byte-level BPE, no <|endoftext|>
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": block_size,
-    }
-    return tok.to_str(pretty=True), config
+def attend(q, k, v, visible):
+    """Softmax attention written with plain matmuls, returning its weights (SDPA returns none).
+    q (B, H, S, hs), k and v (B, H, P+S, hs), visible (bool, broadcastable to (B, H, S, P+S))
+    -> (output (B, H, S, hs), weights (B, H, S, P+S)). A hidden key gets the lowest float, not -inf:
+    a row with every key hidden (a padded row) softmaxes to finite numbers instead of NaN."""
+    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.size(-1)))
+    weights = torch.where(visible, scores, torch.finfo(scores.dtype).min).softmax(dim=-1)
+    return weights @ v, weights
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
@@ -646,7 +560,10 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
     (ties broken by index); top_p keeps the smallest set whose probability reaches p."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    # In float64 after subtracting the row's largest logit, which becomes exactly 0: any temperature
+    # the checks accept, 5e-324 included, then divides without inf - inf (a tiny one samples the argmax).
+    logits = logits.double()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and 0 < top_k < logits.size(-1):
         kept = torch.topk(logits, top_k, dim=-1).indices
         logits = torch.full_like(logits, float("-inf")).scatter(1, kept, logits.gather(1, kept))
@@ -660,136 +577,6 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-# ---------------------------------------------------------------------------- memory and damaged files
-# A config.json can come from any Hub repo, and a flag can ask for any size: the memory a model needs
-# follows from its shape alone, so a model that cannot fit is refused before anything is allocated.
-
-
-class ModelTooLargeError(ValueError):
-    """A model that would not fit in this machine's memory, refused before anything was allocated."""
-
-
-class DamagedFileError(ValueError):
-    """A weights or state file that cannot be read (cut short, overwritten); the message says what to do."""
-
-
-def count_params(config: GPTConfig) -> int:
-    """GPT(config).num_params() without building it: the embeddings (lm_head tied to wte), then
-    per block 12 C^2 weights (qkv 3, proj 1, MLP 4 + 4) and 13 C biases and LayerNorm parameters."""
-    C = config.n_embd
-    per_vector = 2 if config.bias else 1  # a LayerNorm's weight (and bias)
-    block = 12 * C * C + (9 * C if config.bias else 0) + 2 * per_vector * C
-    return (config.vocab_size + config.block_size) * C + config.n_layer * block + per_vector * C
-
-
-def estimate_memory(config: GPTConfig, training: bool, batch_size: int = 1, bytes_per_value: int = 4) -> int:
-    """Bytes a process needs for this model, a deliberately low estimate (refuse only what surely fails).
-    Inference: the weights twice (loading reads them, then copies them in) and the KV cache.
-    Training: weights, gradients and AdamW's two moments (4 copies), plus the activations kept for
-    the backward pass, ~16 values per position and layer and 3 per logit. Each layer's Python
-    modules also take ~40 KB whatever its size (measured): a million tiny layers fill memory too."""
-    params, modules = count_params(config), 32_000 * config.n_layer
-    positions = batch_size * config.block_size
-    if not training:
-        kv_cache = 2 * config.n_layer * positions * config.n_embd
-        return modules + bytes_per_value * (2 * params + kv_cache)
-    activations = positions * (16 * config.n_layer * config.n_embd + 3 * config.vocab_size)
-    return modules + bytes_per_value * (4 * params + activations)
-
-
-def available_memory(device: str | torch.device = "cpu") -> int | None:
-    """Bytes free for a new allocation on `device` (the GPU's free memory; for the CPU and MPS the
-    system's MemAvailable, lowered by a container's cgroup limit); None where it cannot be told."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    free = []
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        with open("/proc/meminfo") as f:
-            free.append(1024 * int(next(line.split()[1] for line in f if line.startswith("MemAvailable:"))))
-    for limit, usage in (("memory.max", "memory.current"), ("memory.limit_in_bytes", "memory.usage_in_bytes")):
-        with contextlib.suppress(OSError, ValueError):  # cgroup v2, then v1; "max" means no limit
-            cg = Path("/sys/fs/cgroup")
-            free.append(int(cg.joinpath(limit).read_text()) - int(cg.joinpath(usage).read_text()))
-    if not free:
-        with contextlib.suppress(ImportError):  # macOS, Windows
-            import psutil
-
-            free.append(psutil.virtual_memory().available)
-    return min(free) if free else None
-
-
-def check_fits(
-    config: GPTConfig, device="cpu", training: bool = False, batch_size: int = 1, processes: int = 1, what="", fix=""
-) -> None:
-    """Raise ModelTooLargeError saying how much memory `config` needs (in each of `processes` sharing the
-    device) and how much this machine has."""
-    need, have = processes * estimate_memory(config, training, batch_size), available_memory(device)
-    if have is None or need <= have:
-        return
-    task = "train" if training else "load"
-    contents = "weights, gradients, optimizer state, activations" if training else "weights, KV cache"
-    raise ModelTooLargeError(
-        f"{what or 'this model'} ({count_params(config) / 1e6:,.0f}M parameters: {config.n_layer} layers, "
-        f"{config.n_embd} dim) needs about {need / 1e9:,.1f} GB to {task} ({contents}); this machine has "
-        f"{have / 1e9:,.1f} GB available on {torch.device(device).type}. {fix or 'Use a smaller model.'}"
-    )
-
-
-def damaged_file_error(path, error: Exception, advice: str) -> DamagedFileError:
-    """The error for a safetensors file that cannot be read: which file, why, and what to do."""
-    return DamagedFileError(f"{path} is damaged: it cannot be read as safetensors ({error}). {advice}")
-
-
-def weights_advice(folder: Path) -> str:
-    """What is still good beside a damaged model.safetensors, and what to do."""
-    resume = folder / "resume.safetensors"
-    if not (folder / "config.json").is_file() or "snapshots" in folder.parts:  # a Hub download in the cache
-        return "Download it again (`hf download REPO_ID --force-download`), or ask the repo's owner to push it again."
-    if resume.is_file() and readable_safetensors(resume):
-        return (
-            f"resume.safetensors in {folder} is intact: `python train_gpt2.py --out-dir {folder} --resume` (with a "
-            "larger --max-iters if the run had finished) continues from it and writes model.safetensors at its next evaluation."
-        )
-    return "Copy the folder again from where it came from, or train the model again."
-
-
-def readable_safetensors(path) -> bool:
-    """True when path's header and its size agree (a cut file does not)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt"):
-            return True
-    except Exception:  # noqa: BLE001 - SafetensorError, or not a file at all
-        return False
-
-
-def follow_umask(path) -> None:
-    """Give a file the mode every other new file gets (0666 less the umask). safetensors 0.8 writes
-    through a temporary file (Rust's tempfile crate, always 0600) renamed into place (safetensors
-    issue #782), so its files come out 0600: another user serving the model (a container, a shared
-    machine) could not read them."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 def load_model(name_or_path, device: str | torch.device = "cpu") -> GPT:
     """The one loader every entry point uses: training resume, sampling, the app, the notebooks."""
     return GPT.from_pretrained(name_or_path, map_location=str(device)).eval()
-
-
-LOAD_FIX = "Load it on a machine with more memory, or check its config.json (n_layer, n_embd)."
-
-
-def damaged_weights(name_or_path, error: Exception) -> DamagedFileError:
-    """The error for a model.safetensors that cannot be read, locally or in the Hub cache."""
-    folder = Path(str(name_or_path))
-    if not folder.is_dir():
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(str(name_or_path), "model.safetensors")
-        folder = Path(cached).parent if isinstance(cached, str) else folder
-    advice = weights_advice(folder).replace("REPO_ID", str(name_or_path))
-    return damaged_file_error(folder / "model.safetensors", error, advice)

@@ -6,7 +6,8 @@
 Reads data/input.txt (downloading tiny Shakespeare from the char-rnn repository when it is
 absent, and checking its sha256), or the UTF-8 file given with --input. Writes into --out-dir:
 train.bin and val.bin (token ids, little-endian uint16, or uint32 for vocabularies over
-65,535 characters) and meta.json (the vocabulary, the dtype and the counts).
+65,535 characters) and meta.json (the vocabulary, the dtype and the counts). Line endings are read
+as "\n": a Windows "\r\n" (or an old Mac "\r") becomes one "\n", and the output says how many did.
 """
 
 import argparse
@@ -53,20 +54,24 @@ def download_shakespeare(dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def read_text(path: Path) -> str:
+def read_text(path: Path) -> tuple[str, int]:
+    """The text of `path` with every line ending as "\n", and how many line endings ("\r\n" or a lone "\r")
+    were converted: the model then learns one newline character, whatever system wrote the file."""
     if not path.is_file():
         raise DataError(f"no input text at {path}: pass --input PATH to a UTF-8 text file")
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(
             f"{path} is not UTF-8 text ({e.reason} at byte {e.start}). Convert it, e.g. "
             f"`iconv -f latin1 -t utf-8 {path} > {path.stem}.utf8.txt`."
         ) from e
+    converted = raw.count("\r")  # each "\r\n" and each lone "\r" becomes one "\n"
+    text = raw.replace("\r\n", "\n").replace("\r", "\n")
     if len(text) < MIN_CHARS:
         what = "empty" if not text else f"only {len(text)} characters long"
         raise DataError(f"{path} is {what}; a text of at least {MIN_CHARS} characters is needed")
-    return text
+    return text, converted
 
 
 def split(n: int, train_fraction: float = 0.9) -> int:
@@ -162,7 +167,11 @@ def load_split(data_dir: Path, name: str) -> np.ndarray:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
-        "--input", type=Path, default=None, help="a UTF-8 text file (default: data/input.txt, tiny Shakespeare)"
+        "--input",
+        type=Path,
+        default=None,
+        help="a UTF-8 text file (default: data/input.txt, tiny Shakespeare); its line endings are read as \\n "
+        "(\\r\\n and a lone \\r become one \\n, and the output says how many)",
     )
     ap.add_argument(
         "--out-dir", type=Path, default=HERE, help="where to write train.bin, val.bin, meta.json (default: data/)"
@@ -174,11 +183,17 @@ def main(argv=None) -> int:
             path = HERE / "input.txt"
             if not path.exists():
                 download_shakespeare(path)
-        text = read_text(path)
+        text, converted = read_text(path)
         meta = prepare(text, args.out_dir, name=None if path.name == "input.txt" else path.stem)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if converted:
+        crlf = path.read_bytes().count(b"\r\n")
+        print(
+            f"note: {converted:,} line endings of {path} were converted to \\n ({crlf:,} \\r\\n, {converted - crlf:,} "
+            f"lone \\r): its {len(text) + crlf:,} characters are prepared as {len(text):,}"
+        )
     print(f"{path}: {meta['num_chars']:,} characters, vocabulary of {meta['vocab_size']}")
     print(f"train: {meta['train_tokens']:,} tokens, val: {meta['val_tokens']:,} tokens -> {args.out_dir}")
     return 0

@@ -10,8 +10,36 @@ const PAINT_EVERY_MS = 50; // let the browser paint the streamed text ~20 times 
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const MODEL_URL = params.get("model") || document.querySelector('meta[name="model-url"]').content;
-const MODEL_NAME = (MODEL_URL.match(/([^/]+\/[^/]+)\/resolve\/[^/]+\/$/) || [null, "from a local folder"])[1]; // ORG/NAME
+const HUB = "https://huggingface.co/";
+
+// A Hub repo id by huggingface_hub's rules (validate_repo_id): ORG/NAME, each part letters, digits, "_", "-" and ".",
+// starting and ending with a letter, digit or "_"; no "--" or ".."; not ending in .git; the name 96 characters at most.
+function isRepoId(id) {
+  const parts = id.split("/");
+  return parts.length === 2 && parts.every((part) => /^\w(?:[\w.-]*\w)?$/.test(part)) && parts[1].length <= 96 &&
+    !/--|\.\./.test(id) && !id.endsWith(".git");
+}
+
+// Where the model's files come from, and the repo (with its page) when it is on the Hub. `?model=` may name
+// only a Hub model repo, so that no link to this page can show another host's files under the page's name;
+// without it the page runs its own model (the meta tag: the Hub repo it was deployed for, or the preview's model/).
+function modelSource() {
+  const own = document.querySelector('meta[name="model-url"]').content;
+  const asked = params.get("model");
+  const url = asked === null || asked === own ? own : isRepoId(asked) ? `${HUB}${asked}/resolve/main/` : asked;
+  const hub = url.match(/^(https?:\/\/[^/]+\/)([^/]+\/[^/]+)\/resolve\/main\/$/);
+  if (url === own) return { url, repo: hub && isRepoId(hub[2]) ? hub[2] : null, page: hub ? hub[1] + hub[2] : null };
+  if (hub && hub[1] === HUB && isRepoId(hub[2])) return { url, repo: hub[2], page: HUB + hub[2] };
+  throw new Error(`?model= takes a model repo on the Hugging Face Hub, ORG/NAME or ${HUB}ORG/NAME/resolve/main/, ` +
+    `got '${asked}': this page runs no model from anywhere else`);
+}
+
+let SOURCE = null, REFUSED = null;
+try {
+  SOURCE = modelSource();
+} catch (e) {
+  REFUSED = e.message;
+}
 
 let model = null; // {session, vocab, stoi, block, layers, heads, headDim}
 window.lastRun = null; // {chars, seconds, firstMs}: read by the benchmark
@@ -26,20 +54,39 @@ function count(n) {
 function countParams(c, block) {
   const C = c.n_embd, b = c.bias === false ? 0 : 1;
   const perLayer = 2 * C * (1 + b) + (3 * C * C + 3 * C * b) + (C * C + C * b) + (4 * C * C + 4 * C * b) + (4 * C * C + C * b);
-  return c.vocab_size * C + block * C + c.n_layer * perLayer + C * (1 + b);
+  return Array.from(c.vocab).length * C + block * C + c.n_layer * perLayer + C * (1 + b);
+}
+
+// A training fact from config.json, shown only when it is a finite number: anyone may have written that file.
+const finite = (x) => (typeof x === "number" && Number.isFinite(x) ? x : null);
+
+function showSource() {
+  const where = document.createElement("span");
+  if (SOURCE && SOURCE.page) {
+    const link = document.createElement("a");
+    link.href = SOURCE.page;
+    link.textContent = SOURCE.repo || SOURCE.page;
+    where.append("Model: ", link, " on the Hugging Face Hub");
+  } else if (SOURCE) {
+    where.textContent = `Model: the local folder (${SOURCE.url})`;
+  } else {
+    where.textContent = "Model: none";
+  }
+  $("source").replaceChildren(where);
 }
 
 function showFacts(c, block) {
-  const info = c.train_info || {};
-  const val = info.val_loss_full ?? info.val_loss;
-  const n = typeof c.num_params === "number" ? c.num_params : countParams(c, block);
+  const info = c.train_info && typeof c.train_info === "object" ? c.train_info : {};
+  const val = finite(info.val_loss_full) ?? finite(info.val_loss);
+  const tokens = finite(info.tokens_seen);
+  const n = finite(c.num_params) ?? countParams(c, block);
   const line1 = document.createElement("div"), bold = document.createElement("b");
   bold.textContent = `${count(n)} parameters`; // text, never HTML: config.json is data
   line1.append(bold, ` · ${c.n_layer} layers · ${c.n_head} heads · ${c.n_embd} dim · ` +
     `context ${block} characters · vocabulary ${c.vocab_size} characters`);
   const line2 = document.createElement("div");
-  line2.textContent = `Validation loss ${typeof val === "number" ? val.toFixed(3) : "not recorded"} (nats per character) · ` +
-    `${info.tokens_seen ? count(info.tokens_seen) : "not recorded"} tokens trained · model ${MODEL_NAME}`;
+  line2.textContent = `Validation loss ${val !== null ? val.toFixed(3) : "not recorded"} (nats per character) · ` +
+    `${tokens ? count(tokens) : "not recorded"} tokens trained`;
   $("facts").replaceChildren(line1, line2);
 }
 
@@ -65,13 +112,25 @@ async function fetchWithProgress(url, onProgress) {
   return bytes;
 }
 
+// config.json as Python's json writes it: a NaN or Infinity value (not JSON) is read as null
+function parseConfig(text) {
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    return JSON.parse(text.replace(/([:[,]\s*)-?(?:NaN|Infinity)(?=\s*[,\]}])/g, "$1null"));
+  }
+}
+
 async function load() {
   const t0 = performance.now();
+  const MODEL_URL = SOURCE.url;
   const res = await fetch(MODEL_URL + "config.json");
   if (!res.ok) throw new Error(`${MODEL_URL}config.json answered HTTP ${res.status}`);
-  const c = await res.json();
+  const c = parseConfig(await res.text());
   const block = c.n_positions ?? c.block_size; // transformers' name, else ours
   if (typeof c.vocab !== "string" || !block) throw new Error("config.json lacks the vocabulary or the context length");
+  for (const [key, value] of Object.entries({ n_layer: c.n_layer, n_head: c.n_head, n_embd: c.n_embd, context: block }))
+    if (!Number.isInteger(value) || value < 1) throw new Error(`config.json's ${key} is not a positive integer: ${JSON.stringify(value)}`);
   showFacts(c, block);
   const vocab = Array.from(c.vocab);
   const bytes = await fetchWithProgress(MODEL_URL + "onnx/model.onnx", (got, total) => {
@@ -245,8 +304,16 @@ $("prompt").addEventListener("keydown", (e) => {
     $("generate").click();
   }
 });
-load().catch((e) => {
+showSource();
+if (REFUSED) {
   $("progress").hidden = true;
-  show("error", `Could not load the model from ${MODEL_URL}: ${e.message}`);
+  $("facts").textContent = "";
+  show("error", REFUSED);
   $("status").textContent = "Not loaded.";
-});
+} else {
+  load().catch((e) => {
+    $("progress").hidden = true;
+    show("error", `Could not load the model from ${SOURCE.url}: ${e.message}`);
+    $("status").textContent = "Not loaded.";
+  });
+}

@@ -30,7 +30,8 @@ CHROMIUM_FLAGS = [
 
 def train_tiny(data_dir: Path, out_dir: Path, **overrides) -> Path:
     """A real (short) training run of a tiny model in the cpu preset's recipe; returns out_dir."""
-    from train_gpt2 import config_from_preset, train
+    from train_config import config_from_preset
+    from train_gpt2 import train
 
     settings = dict(max_iters=20, eval_interval=10, eval_iters=2, n_layer=1, n_embd=32, n_head=2, block_size=32)
     cfg = config_from_preset(

@@ -6,10 +6,12 @@ The model is the random-weight tiny_model_dir, or APP_TEST_MODEL=DIR (a trained 
 screenshot; SAVE_SCREENSHOT=PATH keeps the browser's screenshot there, e.g. docs/app.png).
 """
 
+import asyncio
 import contextlib
 import json
 import os
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -171,13 +173,30 @@ def test_unknown_characters_are_left_out(client):
 
 
 @pytest.fixture(scope="module")
-def one_slot_server(shakespeare_vocab, tmp_path_factory):
-    """One slot and a line of one, serving a 10.7M-parameter model (the shakespeare-char shape, random
-    weights): its 2000 characters take seconds, long enough to act while it runs."""
+def big_model_dir(shakespeare_vocab, tmp_path_factory) -> Path:
+    """A 10.7M-parameter model (the shakespeare-char shape, random weights): its 2000 characters take
+    seconds, long enough to act while it runs."""
     folder = tmp_path_factory.mktemp("big_model")
     make_tiny_model(shakespeare_vocab, n_layer=6, n_head=6, n_embd=384, block_size=256).save_pretrained(folder)
-    with run_app(folder, folder / "app.log", "--slots", "1", "--max-waiting", "1") as url:
-        yield url, load_model(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(big_model_dir):
+    """One slot and a line of one."""
+    with run_app(big_model_dir, big_model_dir / "app.log", "--slots", "1", "--max-waiting", "1") as url:
+        yield url, load_model(big_model_dir)
+
+
+CROWD_SLOTS, CROWD_LINE = 2, 40  # together more than the 40 events Gradio runs at once unless told otherwise
+
+
+@pytest.fixture(scope="module")
+def crowded_server(big_model_dir):
+    """Two slots and a line of 40, the decode loop on one thread (its texts take longer: time to act)."""
+    args = ("--slots", str(CROWD_SLOTS), "--max-waiting", str(CROWD_LINE), "--threads", "1")
+    with run_app(big_model_dir, big_model_dir / "crowded.log", *args) as url:
+        yield url
 
 
 def new_user(url) -> Client:
@@ -185,9 +204,13 @@ def new_user(url) -> Client:
     return Client(url, verbose=False, analytics_enabled=False)
 
 
+def generate_fn(url) -> int:
+    return next(d["id"] for d in httpx.get(url + "config").json()["dependencies"] if d.get("api_name") == "generate")
+
+
 def sse_messages(url, data):
     """The generate event over Gradio's own protocol, as a browser runs it: (bytes, message) per SSE message."""
-    fn = next(d["id"] for d in httpx.get(url + "config").json()["dependencies"] if d.get("api_name") == "generate")
+    fn = generate_fn(url)
     session = uuid.uuid4().hex
     join = {"data": data, "fn_index": fn, "session_hash": session, "event_data": None, "trigger_id": None}
     httpx.post(url + "gradio_api/queue/join", json=join).raise_for_status()
@@ -393,3 +416,172 @@ def test_a_model_too_large_or_damaged_is_refused_with_the_reason(tiny_model_dir,
     with pytest.raises(SystemExit) as e:
         app.main(["--model", str(damaged)])
     assert f"{damaged / 'model.safetensors'} is damaged: it cannot be read as safetensors" in str(e.value.code)
+
+
+# ---------------------------------------------------------------------------- one user never ends another's request
+
+
+def test_a_tiny_temperature_sent_by_one_user_leaves_the_page_of_another_writing(crowded_server):
+    """One user streams 1,000 characters in the page while another sends temperature 1e-40 through the
+    HTTP API: the page's text completes; the API request completes too, or fails alone saying why."""
+    require(Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    url, n = crowded_server, 1000
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.locator("#prompt textarea").fill("ROMEO:")
+            page.locator("#max_tokens input").fill(str(n))
+            page.get_by_role("button", name="Generate").click()
+            page.wait_for_function("document.querySelector('#output textarea').value.length > 26", timeout=60_000)
+            event, data = call_http(url, ["KING:", 50, 1e-40])  # while the page's text is being written
+            shown = len(page.locator("#output textarea").input_value())
+            page.wait_for_function(
+                """n => document.querySelector('#output textarea').value.length === n
+                       || document.querySelector('.toast-body')""",
+                arg=len("ROMEO:") + n,
+                timeout=120_000,
+            )
+            assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_text_contents()
+            assert len(page.locator("#output textarea").input_value()) == len("ROMEO:") + n
+            assert shown < len("ROMEO:") + n, "the page had finished before the other request came: nothing was tested"
+            if event == "complete":
+                assert len(json.loads(data)[0]) == len("KING:") + 50
+            else:  # alone, saying which settings it could not sample with
+                assert event == "error" and "temperature 1e-40" in data, (event, data)
+        finally:
+            browser.close()
+
+
+async def follow(http: httpx.AsyncClient, url: str, fn: int, data: list, messages: list):
+    """One user over Gradio's own protocol (as the page runs it): each message into `messages`, until the last."""
+    session = uuid.uuid4().hex
+    join = {"data": data, "fn_index": fn, "session_hash": session, "event_data": None, "trigger_id": None}
+    (await http.post(url + "gradio_api/queue/join", json=join)).raise_for_status()
+    async with http.stream("GET", url + f"gradio_api/queue/data?session_hash={session}") as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("data:"):
+                messages.append(json.loads(line[5:]))
+                if messages[-1]["msg"] == "process_completed":
+                    return
+
+
+async def until(condition, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not seen within {timeout:.0f} s: {what}"
+        await asyncio.sleep(0.02)
+
+
+def test_requests_past_the_line_are_told_the_server_is_busy_at_once(crowded_server):
+    """2 slots and a line of 40: two long texts write, 40 requests wait and each is told its place in line,
+    and the 5 that come next are told at once that the server is busy (Gradio's own queue, which runs 40
+    events at once unless told otherwise, would have kept them without a word)."""
+    url = crowded_server
+    fn = generate_fn(url)
+
+    def says(messages, text):
+        return any(text in json.dumps(m) for m in messages)
+
+    async def scenario():
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+            writing = [[] for _ in range(CROWD_SLOTS)]
+            tasks = [
+                asyncio.create_task(follow(http, url, fn, ["ROMEO:", 2000, 0.8, 0, 1.0, i], m))
+                for i, m in enumerate(writing)
+            ]
+            await until(lambda: all(says(m, "process_generating") for m in writing), "the two texts start")
+            waiting = [[] for _ in range(CROWD_LINE)]
+            tasks += [asyncio.create_task(follow(http, url, fn, ["KING:", 5, 0, 0], m)) for m in waiting]
+            await until(
+                lambda: (
+                    all(says(m, "Waiting for a free slot") for m in waiting)
+                    or any(says(m, "process_completed") for m in writing)
+                ),
+                "every one in line says so",
+            )
+            told = sum(says(m, "Waiting for a free slot") for m in waiting)
+            assert told == CROWD_LINE, (
+                f"only {told} of the {CROWD_LINE} requests in line were told their place while both slots were busy"
+            )
+            refused = [[] for _ in range(5)]
+            await asyncio.gather(*(follow(http, url, fn, ["KING:", 5, 0, 0], m) for m in refused))
+            still_writing = not any(says(m, "process_completed") for m in writing)
+            for task in tasks:  # the users leave: their connections close
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return refused, still_writing
+
+    refused, still_writing = asyncio.run(scenario())
+    for messages in refused:
+        last = messages[-1]
+        assert last["msg"] == "process_completed" and last["success"] is False, last
+        assert f"The server is busy: {CROWD_SLOTS} texts are being written and {CROWD_LINE} more wait" in json.dumps(
+            last
+        )
+    assert still_writing, "the texts ended before the others came: nothing was tested"
+
+
+def test_uploads_are_refused(server):
+    """The app has no file input: an upload is refused, not stored and served back."""
+    reply = httpx.post(server + "gradio_api/upload", files={"files": ("big.bin", b"\0" * 100_000)}, timeout=30)
+    assert reply.status_code == 413, reply.text
+    assert "big.bin" not in reply.text
+
+
+# ---------------------------------------------------------------------------- starting the app: one-line errors
+
+
+def test_a_port_in_use_is_named_with_the_flag(tiny_model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as e:
+            app.main(["--model", str(tiny_model_dir), "--port", str(port)])
+    message = str(e.value.code)
+    assert (
+        message
+        == f"Port {port} is already in use on 127.0.0.1 (another app?): pass another --port, e.g. --port {port + 1}"
+    )
+
+
+def test_more_threads_than_cores_are_warned_about(tmp_path, capsys):
+    cores = app.usable_cores()
+    with pytest.raises(SystemExit):  # the model does not exist: it stops there, after the warning
+        app.main(["--model", str(tmp_path / "missing"), "--threads", str(cores + 1), "--port", str(free_port())])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "--threads" in line]
+    assert warnings == [
+        f"warning: --threads {cores + 1} but this machine lets the app use {cores} cores: more threads than cores "
+        f"make the decode loop much slower; pass --threads {cores} or fewer"
+    ]
+
+
+def test_slots_that_cannot_fit_are_refused_before_starting(tiny_model_dir, monkeypatch, capsys):
+    """--slots 1000000000 would need hundreds of TB of KV cache: refused at once, naming --slots; and a
+    decode loop that dies before serving ends the app with its reason."""
+    args = ["--model", str(tiny_model_dir), "--slots", "1000000000", "--port", str(free_port())]
+    with pytest.raises(SystemExit) as e:
+        app.main(args)
+    message = str(e.value.code)
+    assert "with --slots 1000000000" in message and "Pass a smaller --slots" in message and "\n" not in message
+    assert "serving" not in capsys.readouterr().out
+    monkeypatch.setattr(app, "check_fits", lambda *a, **k: None)  # as if the estimate had let it through
+    with pytest.raises(SystemExit) as e:
+        app.main(args)
+    assert str(e.value.code).startswith("Could not start the text generator: the decode process could not load")
+    assert "can't allocate memory" in str(e.value.code)
+    assert "serving" not in capsys.readouterr().out
+
+
+def test_facts_that_are_not_numbers_are_not_shown(tmp_path, shakespeare_vocab):
+    """A config.json written by someone else: its training facts are shown only when they are numbers."""
+    model = make_tiny_model(shakespeare_vocab)
+    model.train_info.update(tokens_seen="lots", val_loss=float("nan"), val_loss_full="1.2")
+    model.save_pretrained(tmp_path)
+    header = app.model_facts(load_model(tmp_path), "someone/else")
+    assert "Validation loss not recorded" in header and "not recorded tokens trained" in header

@@ -12,7 +12,7 @@ import sys
 import pytest
 from helpers import ROOT
 
-from train_gpt2 import PRESETS
+from train_config import PRESETS
 
 pytestmark = pytest.mark.slow  # every test here starts a process
 
@@ -57,13 +57,13 @@ def test_quick_bench_prints_one_json_document_and_a_table(prepared_data, tmp_pat
 
 @pytest.mark.slow
 def test_serving_bench_runs_the_app_and_reports_every_user(shakespeare_vocab):
-    import bench
+    from benchmarks.serving import bench_serving, serving_table
 
-    result = bench.bench_serving(shakespeare_vocab, ROOT, users=4, chars=20, alone_runs=1)
+    result = bench_serving(shakespeare_vocab, ROOT, users=4, chars=20, alone_runs=1)
     one, many = result["one_user"], result["4_users"]
     assert one["users"] == 1 and many["users"] == 4 and one["all_right"] and many["all_right"]
     for row in (one, many):
         assert row["chars_per_sec"] > 0 and 0 < row["first_text_p50_s"] <= row["first_text_p95_s"]
         assert row["first_text_p95_s"] <= row["finish_p95_s"]
     assert result["aggregate_x"] == round(many["chars_per_sec"] / one["chars_per_sec"], 2)
-    assert "4 users" in bench.serving_table(result)
+    assert "4 users" in serving_table(result)

@@ -98,3 +98,33 @@ def test_missing_prepared_data_names_the_command(tmp_path):
     with pytest.raises(prep.DataError, match="val.bin is missing or empty"):
         prep.load_split(tmp_path, "val")
     assert np.array_equal(prep.load_split(tmp_path, "train")[:3], [0, 1, 2])
+
+
+@pytest.mark.slow
+def test_windows_line_endings_are_converted_and_said_so(shakespeare_text, tmp_path):
+    """A CRLF file: its \r\n are read as \n (the model learns one newline), and the output says how many and
+    how that changes the count, instead of reporting fewer characters than the file has without a word."""
+    lines = shakespeare_text[:300_000].split("\n")
+    path = tmp_path / "crlf.txt"
+    path.write_bytes("\r\n".join(lines).encode() + b"\rend")  # and one old Mac line ending
+    crlf = len(lines) - 1
+    proc = subprocess.run(
+        [sys.executable, "data/prepare.py", "--input", str(path), "--out-dir", str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    prepared = 300_000 + 1 + len("end")
+    assert (
+        f"note: {crlf + 1:,} line endings of {path} were converted to \\n ({crlf:,} \\r\\n, 1 lone \\r): "
+        f"its {prepared + crlf:,} characters are prepared as {prepared:,}"
+    ) in proc.stdout
+    assert (
+        f"{prepared:,} characters" in proc.stdout
+        and "\r" not in json.loads((tmp_path / "out" / "meta.json").read_text())["vocab"]
+    )
+    help_text = subprocess.run(
+        [sys.executable, "data/prepare.py", "--help"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert "line endings are read as \\n" in " ".join(help_text.split())

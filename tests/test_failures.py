@@ -23,15 +23,10 @@ from test_train import weights as read_weights
 import train_gpt2 as tg
 from data.prepare import DataError, load_split, prepare
 from data.prepare import main as prepare_main
-from model_gpt2 import (
-    GPT,
-    DamagedFileError,
-    GPTConfig,
-    ModelTooLargeError,
-    count_params,
-    estimate_memory,
-    load_model,
-)
+from machine import ModelTooLargeError, count_params, estimate_memory
+from model_files import DamagedFileError
+from model_gpt2 import GPT, GPTConfig, load_model
+from train_config import config_from_preset
 
 HUGE_FLAGS = ["--preset=cpu", "--n-layer=200", "--n-embd=4096", "--n-head=32"]  # 40,277M parameters
 
@@ -113,9 +108,7 @@ def small_run(prepared_data, tmp_path_factory) -> Path:
     """A finished 20-step run: model.safetensors, resume.safetensors, metrics.jsonl..."""
     out = tmp_path_factory.mktemp("run") / "out"
     tg.train(
-        tg.config_from_preset(
-            None, data_dir=str(prepared_data), out_dir=str(out), **TINY, max_iters=20, eval_interval=10
-        ),
+        config_from_preset(None, data_dir=str(prepared_data), out_dir=str(out), **TINY, max_iters=20, eval_interval=10),
         progress=False,
     )
     return out
@@ -193,7 +186,7 @@ def test_beta_out_of_range_is_refused(prepared_data, tmp_path, capsys):
 def test_divergence_before_any_evaluation_says_nothing_was_saved(prepared_data, tmp_path, monkeypatch):
     """Every loss non-finite from the start: the message must not promise a model that does not exist."""
     out = tmp_path / "out"
-    cfg = tg.config_from_preset(None, data_dir=str(prepared_data), out_dir=str(out), **TINY, max_iters=50)
+    cfg = config_from_preset(None, data_dir=str(prepared_data), out_dir=str(out), **TINY, max_iters=50)
     forward = GPT.forward
     monkeypatch.setattr(
         GPT,
@@ -393,7 +386,7 @@ def test_weights_files_follow_the_umask(prepared_data, tmp_path, shakespeare_voc
     old = os.umask(umask)
     try:
         make_tiny_model(shakespeare_vocab).save_pretrained(tmp_path / "model")
-        cfg = tg.config_from_preset(
+        cfg = config_from_preset(
             None, data_dir=str(prepared_data), out_dir=str(tmp_path / "run"), **TINY, max_iters=10, eval_interval=10
         )
         tg.train(cfg, progress=False)

@@ -144,6 +144,62 @@ def test_only_tiny_shakespeare_is_labelled_as_it(tmp_path, shakespeare_vocab):
         assert (meta.get("datasets") == ["karpathy/tiny_shakespeare"]) is labelled, dataset
 
 
+@pytest.mark.parametrize("sample", ["KING:\n````\n# not a heading", "``` `````` `", "a ``` b\n```\n## x"])
+def test_no_sample_can_close_its_code_block(tmp_path, shakespeare_vocab, sample):
+    """The sample is fenced with more backticks than any run in it: rendered, it is one code block, all of it."""
+    from markdown_it import MarkdownIt
+
+    card = render_model_card(make_tiny_model(shakespeare_vocab).hub_config(), tmp_path, sample=sample)
+    tokens = MarkdownIt("commonmark").parse(card.split("## Sample", 1)[1].split("## Use with transformers")[0])
+    blocks = [t for t in tokens if t.type == "fence"]
+    assert [b.content for b in blocks] == [sample + "\n"]
+    assert [t.tag for t in tokens if t.type == "heading_open"] == []  # nothing of it became markdown
+
+
+FOREIGN_FACTS = {"tokens_seen": "lots", "val_loss_full": float("nan"), "val_loss": "1.5", "train_loss": [1]}
+
+
+def test_facts_that_are_not_numbers_are_not_shown_in_the_card(tmp_path, shakespeare_vocab):
+    """A config.json written by someone else: the card shows a training fact only when it is a finite number
+    (or, for the hardware and precision, text)."""
+    model = make_tiny_model(shakespeare_vocab)
+    model.train_info.update(FOREIGN_FACTS, step=float("inf"), hardware=5, train_config="fast")
+    card = render_model_card(model.hub_config(), tmp_path)
+    for row in ("tokens seen", "train loss (estimate at the saved step)", "steps", "hardware"):
+        assert f"| {row} | not recorded |" in card
+    assert "| validation loss | not measured |" in card
+
+
+def test_convert_and_push_take_a_config_with_foreign_facts(tmp_path, shakespeare_vocab, online, capsys, monkeypatch):
+    def no_onnx(model, out_dir):  # the card is what this test reads: the ONNX file has tests of its own
+        (Path(out_dir) / "model.onnx").write_bytes(b"")
+        return Path(out_dir) / "model.onnx"
+
+    monkeypatch.setattr(hub, "export_onnx_checked", no_onnx)
+    make_tiny_model(shakespeare_vocab).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["train_info"].update(FOREIGN_FACTS)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert hub.main(["convert", str(tmp_path)]) == 0, capsys.readouterr().err
+    assert "| tokens seen | not recorded |" in (tmp_path / "README.md").read_text()
+    api = RecordingApi()
+    push_model(tmp_path, REPO, token="hf_test", api=api)
+    assert "| tokens seen | not recorded |" in api.sent["README.md"].decode()
+
+
+@pytest.mark.parametrize("repo_id", ["org/name.git", "org/..", "org/--x", "org/" + "a" * 196, "org/-x"])
+def test_repo_ids_the_hub_refuses_are_refused_before_anything_runs(tmp_path, online, capsys, repo_id):
+    api = RecordingApi()
+    with pytest.raises(HubError, match=r"is not a name the Hub accepts \(.*\)\. Use ORG/NAME"):
+        push_model(tmp_path / "not-even-a-model", repo_id, token="hf_test", api=api)
+    with pytest.raises(HubError, match="is not a name the Hub accepts"):
+        hub.deploy_static_space(repo_id, REPO, token="hf_test", api=api)
+    assert api.calls == []
+    assert hub.main(["push", str(tmp_path), repo_id]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: repo id {repo_id!r} is not a name the Hub accepts") and err.count("\n") == 1
+
+
 # ---------------------------------------------------------------------------- download from a Hub server
 
 
@@ -302,7 +358,7 @@ def space_root(monkeypatch, tmp_path) -> Path:
     app.py (so this test runs before app.py lands; the assertions read whatever file is used)."""
     if (ROOT / "app.py").is_file():
         return ROOT
-    for name in ("model_gpt2.py", "requirements.txt"):
+    for name in ("model_gpt2.py", "model_files.py", "requirements.txt"):
         shutil.copy2(ROOT / name, tmp_path / name)
     (tmp_path / "app.py").write_text("# stand-in until app.py exists\n")
     monkeypatch.setattr(hub, "ROOT", tmp_path)
@@ -324,9 +380,17 @@ def test_deploy_sends_the_app_cpu_requirements_and_space_card(space_root, online
     }
     assert api.calls[1][2]["repo_id"] == SPACE and api.calls[1][2]["repo_type"] == "space"
     assert api.calls[2][1] == (SPACE, "GPT_MODEL", REPO)  # updates an existing Space too
-    assert set(api.sent) == {"app.py", "engine.py", "machine.py", "model_gpt2.py", "requirements.txt", "README.md"}
+    assert set(api.sent) == {
+        "app.py",
+        "engine.py",
+        "machine.py",
+        "model_gpt2.py",
+        "model_files.py",
+        "requirements.txt",
+        "README.md",
+    }
     assert api.sent["app.py"] == (space_root / "app.py").read_bytes()
-    for name in ("engine.py", "machine.py", "model_gpt2.py"):
+    for name in ("engine.py", "machine.py", "model_gpt2.py", "model_files.py"):
         assert api.sent[name] == (ROOT / name).read_bytes()
 
     repo_reqs = (ROOT / "requirements.txt").read_text()
@@ -429,7 +493,7 @@ def test_the_files_deploy_sends_run_the_app_on_their_own(tmp_path, online, shake
 
 
 def test_deploy_without_app_py_says_so(monkeypatch, tmp_path, online):
-    for name in ("requirements.txt", "engine.py", "machine.py", "model_gpt2.py"):
+    for name in ("requirements.txt", "engine.py", "machine.py", "model_gpt2.py", "model_files.py"):
         shutil.copy2(ROOT / name, tmp_path / name)
     monkeypatch.setattr(hub, "ROOT", tmp_path)
     api = RecordingApi()
@@ -450,6 +514,7 @@ def test_deploy_without_app_py_says_so(monkeypatch, tmp_path, online):
         (["preview-static", "no-such-dir"], {}, "does not hold a model that loads"),
         (["push", "no-such-dir", REPO], {}, "does not hold a model that loads"),
         (["push", "{out}", "not-a-repo-id"], {}, "must look like ORG/NAME"),
+        (["push", "{out}", "org/name.git"], {}, "'org/name.git' is not a name the Hub accepts"),
     ],
 )
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from helpers import make_tiny_model
 
 from model_gpt2 import GPT, CharTokenizer, GPTConfig, load_model, sample_next_token
-from train_gpt2 import PRESETS, config_from_preset, model_config
+from train_config import PRESETS, config_from_preset, model_config
 
 # ---------------------------------------------------------------- tokenizer
 
@@ -351,3 +351,10 @@ def test_invalid_sampling_values(gen_model, kwargs, name):
         gen_model.generate(torch.zeros((1, 1), dtype=torch.long), **args)
     with pytest.raises(ValueError, match="num_samples"):
         gen_model.generate_text("a", 5, num_samples=0)
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1e-40, None), (5e-324, None), (0.8, 1e-300), (1e-40, 1e-300)])
+def test_a_tiny_temperature_or_top_p_samples_the_likeliest_character(temperature, top_p):
+    logits = torch.randn(4, 65, generator=torch.Generator().manual_seed(0)) * 5
+    ids = sample_next_token(logits, temperature, top_p=top_p, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ids.flatten(), logits.argmax(dim=-1))

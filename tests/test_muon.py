@@ -21,6 +21,8 @@ from test_train import (
 
 import train_gpt2 as tg
 from muon import CPUMuon, build_optimizers, orthogonalize, param_groups
+from schedule import budget_factor, cooldown_start, fit_to_budget, get_lr, lr_factor
+from train_config import TrainConfig, config_from_preset
 
 MUON_FLAGS = ["--optimizer=muon", "--schedule=wsd", "--muon-lr=0.02", "--learning-rate=4e-3", "--min-lr=4e-4"]
 
@@ -33,13 +35,13 @@ def test_muon_groups_cover_every_parameter_exactly_once():
     assert all(p.dim() == 1 for _, p in groups["adamw_no_decay"])  # biases and LayerNorms
     assert len(groups["muon"]) == 4 * model.config.n_layer  # c_attn, attn c_proj, c_fc, mlp c_proj
 
-    cfg = tg.TrainConfig(optimizer="muon", weight_decay=0.1, muon_weight_decay=0.0)
+    cfg = TrainConfig(optimizer="muon", weight_decay=0.1, muon_weight_decay=0.0)
     adamw, muon = build_optimizers(model, cfg, "cpu")
     listed = [id(p) for opt in (adamw, muon) for g in opt.param_groups for p in g["params"]]
     assert sorted(listed) == sorted(id(p) for p in model.parameters())  # the tied head counted once, as wte
     assert isinstance(muon, CPUMuon) and muon.param_groups[0]["lr"] == cfg.muon_lr
     assert [g["weight_decay"] for g in adamw.param_groups] == [0.1, 0.0]
-    (only,) = build_optimizers(model, tg.TrainConfig(optimizer="adamw"), "cpu")
+    (only,) = build_optimizers(model, TrainConfig(optimizer="adamw"), "cpu")
     assert len([p for g in only.param_groups for p in g["params"]]) == len(list(model.parameters()))
 
 
@@ -81,7 +83,7 @@ def test_grad_scaler_unscales_both_optimizers_before_clipping():
     results = []
     for enabled in (False, True):
         model = make_tiny_model("abcdefgh", block_size=16)
-        opts = build_optimizers(model, tg.TrainConfig(optimizer="muon", learning_rate=1e-2), "cpu")
+        opts = build_optimizers(model, TrainConfig(optimizer="muon", learning_rate=1e-2), "cpu")
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=enabled)
         scaler.scale(model(x, y)[1]).backward()
         norm = tg.clip_and_step(model, opts, scaler, grad_clip=0.05)
@@ -94,32 +96,32 @@ def test_grad_scaler_unscales_both_optimizers_before_clipping():
 
 
 def test_wsd_schedule_ends_at_min_lr_on_the_last_step():
-    cfg = tg.TrainConfig(
+    cfg = TrainConfig(
         schedule="wsd", learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=110, cooldown_frac=0.4
     )
-    lrs = [tg.get_lr(i, cfg) for i in range(cfg.max_iters)]
-    start = tg.cooldown_start(cfg, cfg.max_iters)
+    lrs = [get_lr(i, cfg) for i in range(cfg.max_iters)]
+    start = cooldown_start(cfg, cfg.max_iters)
     assert start == 110 - 44
     assert lrs[0] > 0 and all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # warmup
     assert all(lr == pytest.approx(1e-3) for lr in lrs[10 : start + 1])  # constant
     steps = [a - b for a, b in zip(lrs[start:], lrs[start + 1 :])]
     assert all(d == pytest.approx(9e-4 / 43) for d in steps)  # a straight line down ...
     assert lrs[-1] == pytest.approx(1e-4)  # ... to min_lr on the last step, max_iters - 1
-    assert tg.get_lr(60, cfg, max_iters=220) == pytest.approx(1e-3)  # a longer run cools down later
-    assert tg.lr_factor(109, cfg) == pytest.approx(0.1)  # Muon's lr ends at the same fraction of its peak
+    assert get_lr(60, cfg, max_iters=220) == pytest.approx(1e-3)  # a longer run cools down later
+    assert lr_factor(109, cfg) == pytest.approx(0.1)  # Muon's lr ends at the same fraction of its peak
 
 
 def test_a_time_budget_sets_the_length_until_the_cooldown_starts():
-    cfg = tg.TrainConfig(schedule="wsd", max_seconds=100.0, max_iters=10_000, cooldown_frac=0.5, warmup_iters=5)
-    assert tg.fit_to_budget(cfg, step=20, max_iters=10_000, spent=10.0, pace=0.5) == 20 + 180  # 90 s left at 0.5 s
-    assert tg.fit_to_budget(cfg, step=20, max_iters=200, spent=10.0, pace=0.25) == 20 + 360  # faster: longer
-    assert tg.fit_to_budget(cfg, step=150, max_iters=200, spent=80.0, pace=1.0) == 200  # cooling: length kept
-    assert tg.fit_to_budget(cfg, step=190, max_iters=200, spent=98.5, pace=1.0) == 191  # slowed: this step is the last
-    assert tg.fit_to_budget(cfg, step=190, max_iters=200, spent=100.5, pace=1.0) == 190  # past the budget: none
-    assert tg.fit_to_budget(cfg, step=0, max_iters=10_000, spent=0.0, pace=0.0) == 10_000  # no pace measured yet
-    assert tg.budget_factor(cfg, spent=40.0) == 1.0 and tg.budget_factor(cfg, spent=100.0) == pytest.approx(0.1)
-    assert tg.budget_factor(cfg, spent=75.0) == pytest.approx(0.1 + 0.9 * 25 / 50)  # the last half of 100 s
-    assert tg.fit_to_budget(cfg, step=20, max_iters=200, spent=10.0, pace=1e-6) == 10_000  # capped by --max-iters
+    cfg = TrainConfig(schedule="wsd", max_seconds=100.0, max_iters=10_000, cooldown_frac=0.5, warmup_iters=5)
+    assert fit_to_budget(cfg, step=20, max_iters=10_000, spent=10.0, pace=0.5) == 20 + 180  # 90 s left at 0.5 s
+    assert fit_to_budget(cfg, step=20, max_iters=200, spent=10.0, pace=0.25) == 20 + 360  # faster: longer
+    assert fit_to_budget(cfg, step=150, max_iters=200, spent=80.0, pace=1.0) == 200  # cooling: length kept
+    assert fit_to_budget(cfg, step=190, max_iters=200, spent=98.5, pace=1.0) == 191  # slowed: this step is the last
+    assert fit_to_budget(cfg, step=190, max_iters=200, spent=100.5, pace=1.0) == 190  # past the budget: none
+    assert fit_to_budget(cfg, step=0, max_iters=10_000, spent=0.0, pace=0.0) == 10_000  # no pace measured yet
+    assert budget_factor(cfg, spent=40.0) == 1.0 and budget_factor(cfg, spent=100.0) == pytest.approx(0.1)
+    assert budget_factor(cfg, spent=75.0) == pytest.approx(0.1 + 0.9 * 25 / 50)  # the last half of 100 s
+    assert fit_to_budget(cfg, step=20, max_iters=200, spent=10.0, pace=1e-6) == 10_000  # capped by --max-iters
 
 
 @pytest.mark.slow
@@ -222,9 +224,9 @@ def test_invalid_optimizer_and_schedule_flags(prepared_data, tmp_path, capsys, f
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.optim.Muon's bf16 path is for a GPU")
 def test_cuda_uses_torch_muon_and_learns(prepared_data, tmp_path):
     model = make_tiny_model("abcd").cuda()
-    adamw, muon = build_optimizers(model, tg.TrainConfig(optimizer="muon"), "cuda")
+    adamw, muon = build_optimizers(model, TrainConfig(optimizer="muon"), "cuda")
     assert type(muon) is torch.optim.Muon and adamw.defaults["fused"] is True
-    cfg = tg.config_from_preset(
+    cfg = config_from_preset(
         None,
         data_dir=str(prepared_data),
         out_dir=str(tmp_path / "o"),

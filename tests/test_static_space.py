@@ -270,6 +270,90 @@ def test_the_page_generates_what_pytorch_generates(preview, trained_dir, tmp_pat
 
 
 @pytest.mark.slow
+def test_the_page_runs_only_hub_models_and_names_its_source(preview, trained_dir, onnx_file):
+    """?model= may name only a model repo on the Hub (ORG/NAME, or its resolve/main/ URL): any other address is
+    refused on the page, with nothing fetched from it. The page links the repo it runs, and shows a training
+    fact of that repo's config.json only when it is a finite number."""
+    require(Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install chromium")
+    require(ORT_LOCAL.is_dir(), "onnxruntime-web not installed: run bash tests/install_test_tools.sh")
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    config = json.loads((trained_dir / "config.json").read_text())
+    config["train_info"].update(tokens_seen="lots", val_loss_full=float("nan"), val_loss="1.5")
+    repo_files = {"config.json": json.dumps(config).encode(), "onnx/model.onnx": onnx_file.read_bytes()}  # NaN too
+    hub_url = "https://huggingface.co/testorg/tiny-gpt/resolve/main/"
+
+    def from_the_hub(route):
+        body = repo_files.get(route.request.url.removeprefix(hub_url))
+        route.fulfill(status=200 if body else 404, body=body or b"", headers={"access-control-allow-origin": "*"})
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            route_cdn_to_local_copy(page)
+            page.route(hub_url + "**", from_the_hub)
+            asked = []
+            page.on("request", lambda r: asked.append(r.url))
+            for other in ("https://evil.example/org/name/resolve/main/", f"{preview}model/", "org/name.git"):
+                page.goto(f"{preview}?model={other}")
+                page.locator("#error").wait_for()
+                assert page.locator("#error").text_content() == (
+                    "?model= takes a model repo on the Hugging Face Hub, ORG/NAME or "
+                    f"https://huggingface.co/ORG/NAME/resolve/main/, got '{other}': this page runs no model from anywhere else"
+                )
+                assert (
+                    page.locator("#status").text_content() == "Not loaded." and page.locator("#generate").is_disabled()
+                )
+            fetched = [u for u in asked if "evil.example" in u.split("?")[0] or u.endswith(("config.json", ".onnx"))]
+            assert fetched == [], fetched
+
+            for model in ("testorg/tiny-gpt", hub_url):  # the repo id, and its URL
+                page.goto(f"{preview}?model={model}")
+                page.wait_for_selector("#generate:enabled", timeout=120_000)
+                link = page.locator("#source a")
+                assert link.text_content() == "testorg/tiny-gpt"
+                assert link.get_attribute("href") == "https://huggingface.co/testorg/tiny-gpt"
+                facts = page.locator("#facts").text_content()
+                assert "Validation loss not recorded" in facts and "not recorded tokens trained" in facts, facts
+
+            page.goto(preview)  # its own model: the preview's folder
+            page.wait_for_selector("#generate:enabled", timeout=120_000)
+            assert page.locator("#source").text_content() == "Model: the local folder (model/)"
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_preview_answers_head_as_get_and_serves_nothing_else(tiny_model_dir, tmp_path, monkeypatch):
+    """HEAD gets GET's headers without the body; a path the page does not use is 404, whatever the current
+    folder holds."""
+    import httpx
+
+    (tmp_path / "secret.txt").write_text("not for the web")
+    monkeypatch.chdir(tmp_path)
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"onnx bytes")
+    server = hub.preview_server(tiny_model_dir, onnx_file, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/"
+    try:
+        for path in ("", "app.js", "model/config.json", "model/onnx/model.onnx"):
+            get, head = httpx.get(url + path), httpx.head(url + path)
+            assert get.status_code == head.status_code == 200 and head.content == b""
+            assert {k: v for k, v in head.headers.items() if k != "date"} == {
+                k: v for k, v in get.headers.items() if k != "date"
+            }
+        for path in ("secret.txt", "model/", "tests/", "app.py"):
+            assert httpx.head(url + path).status_code == httpx.get(url + path).status_code == 404, path
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow
 def test_bench_browser_only_reports_the_page_speed(prepared_data):
     """`python bench.py --browser-only`, the README's in-browser speed command, runs and reports both shapes."""
     require(Path(CHROMIUM).is_file() and ORT_LOCAL.is_dir(), "needs chromium and bash tests/install_test_tools.sh")

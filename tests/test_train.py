@@ -21,6 +21,8 @@ from safetensors.torch import load_file, save_file
 
 import train_gpt2 as tg
 from model_gpt2 import GPT, load_model
+from schedule import get_lr
+from train_config import PRESETS, ConfigError, TrainConfig, check_config, config_from_preset, parse_args
 
 # A model small enough that a run takes seconds on 2 cores.
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, eval_iters=2, sample_chars=0, log_interval=5)
@@ -120,14 +122,14 @@ def test_grad_scaler_clips_the_true_norm():
 
 
 def test_learning_rate_schedule():
-    cfg = tg.TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=110)
-    lrs = [tg.get_lr(i, cfg) for i in range(cfg.max_iters + 1)]
+    cfg = TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=110)
+    lrs = [get_lr(i, cfg) for i in range(cfg.max_iters + 1)]
     assert lrs[0] > 0  # warmup starts above zero: step 0 updates the weights
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # linear warmup
     assert lrs[10] == pytest.approx(1e-3)
     assert lrs[60] == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way down the cosine
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-    assert lrs[110] == pytest.approx(1e-4) and tg.get_lr(500, cfg) == pytest.approx(1e-4)
+    assert lrs[110] == pytest.approx(1e-4) and get_lr(500, cfg) == pytest.approx(1e-4)
 
 
 # ---------------------------------------------------------------- command line
@@ -135,15 +137,15 @@ def test_learning_rate_schedule():
 
 @pytest.mark.slow
 def test_flags_come_from_the_dataclass_and_override_the_preset():
-    cfg = tg.parse_args(["--preset", "cpu", "--n-layer", "2", "--learning-rate", "0.01", "--no-bias", "--compile"])
+    cfg = parse_args(["--preset", "cpu", "--n-layer", "2", "--learning-rate", "0.01", "--no-bias", "--compile"])
     assert cfg.n_layer == 2 and cfg.learning_rate == 0.01 and cfg.bias is False and cfg.compile is True
-    assert cfg.n_embd == tg.PRESETS["cpu"]["n_embd"]  # the rest from the preset
-    sc = tg.parse_args(["--preset", "shakespeare-char"])
+    assert cfg.n_embd == PRESETS["cpu"]["n_embd"]  # the rest from the preset
+    sc = parse_args(["--preset", "shakespeare-char"])
     assert (sc.n_layer, sc.n_head, sc.n_embd, sc.block_size, sc.dropout) == (6, 6, 384, 256, 0.2)
-    big = tg.parse_args(["--preset", "gpt2-124m"])
+    big = parse_args(["--preset", "gpt2-124m"])
     assert (big.n_layer, big.n_head, big.n_embd, big.block_size) == (12, 12, 768, 1024)
     help_text = run_train("--help").stdout
-    for field in tg.TrainConfig.__dataclass_fields__:
+    for field in TrainConfig.__dataclass_fields__:
         assert "--" + field.replace("_", "-") in help_text
     assert "peak learning rate (default: 0.001)" in " ".join(help_text.split())
 
@@ -271,7 +273,7 @@ def test_torchrun_two_processes_match_one_process_with_accumulation(prepared_dat
 
 def test_non_finite_losses_skip_updates_then_stop_with_the_checkpoint_intact(prepared_data, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    cfg = tg.config_from_preset(
+    cfg = config_from_preset(
         None, data_dir=str(prepared_data), out_dir=str(out), **TINY, max_iters=100, eval_interval=10
     )
     forward = GPT.forward
@@ -315,7 +317,7 @@ def test_diverged_weights_never_overwrite_the_resume_state(prepared_data, tmp_pa
     """Weights blown up by an update (finite loss, then inf): later evaluations are not finite, and
     resume.safetensors keeps the last good state that the error message tells the user to resume from."""
     out = tmp_path / "out"
-    cfg = tg.config_from_preset(
+    cfg = config_from_preset(
         None, data_dir=str(prepared_data), out_dir=str(out), **TINY, max_iters=100, eval_interval=10
     )
     real, updates = tg.clip_and_step, {"n": 0}
@@ -379,8 +381,8 @@ def test_invalid_values(prepared_data, tmp_path, capsys, flags, match):
 
 
 def test_grad_accum_must_divide_among_processes():
-    with pytest.raises(tg.ConfigError, match="multiple of the number of processes"):
-        tg.check_config(tg.TrainConfig(grad_accum_steps=3), world_size=2)
+    with pytest.raises(ConfigError, match="multiple of the number of processes"):
+        check_config(TrainConfig(grad_accum_steps=3), world_size=2)
 
 
 def test_missing_or_empty_data(tmp_path, prepared_data, capsys):
@@ -424,13 +426,13 @@ def test_resume_takes_the_saved_settings_and_only_the_flags_typed_now(short_run,
     out = tmp_path / "out"
     shutil.copytree(short_run[0], out)
     saved = tg.read_resume_meta(out / "resume.safetensors")["config"]
-    assert dataclasses.asdict(tg.parse_args([f"--out-dir={out}", "--resume"])) == {
+    assert dataclasses.asdict(parse_args([f"--out-dir={out}", "--resume"])) == {
         **saved,
         "resume": True,
         "out_dir": str(out),
     }
     with pytest.raises(SystemExit):  # a preset would say nothing: the saved settings are the run's
-        tg.parse_args([f"--out-dir={out}", "--resume", "--preset=cpu"])
+        parse_args([f"--out-dir={out}", "--resume", "--preset=cpu"])
 
     proc = run_train(f"--out-dir={out}", "--resume", "--max-iters=320", "--weight-decay=0.5")
     assert "resuming at step 300 -> 320 steps" in proc.stdout
@@ -443,8 +445,8 @@ def test_resume_takes_the_saved_settings_and_only_the_flags_typed_now(short_run,
     meta, tensors = tg.read_resume_state(out / "resume.safetensors")
     meta["config"].update(device="cuda", compile=True, push_to_hub="someone/char-gpt")
     save_file(tensors, str(out / "resume.safetensors"), metadata={"state": json.dumps(meta)})
-    cfg = tg.parse_args([f"--out-dir={out}", "--resume"])
-    default = tg.TrainConfig()
+    cfg = parse_args([f"--out-dir={out}", "--resume"])
+    default = TrainConfig()
     assert (cfg.device, cfg.compile, cfg.push_to_hub) == (default.device, default.compile, default.push_to_hub)
     assert not default.push_to_hub and not default.compile
 
@@ -487,7 +489,7 @@ def test_compile_on_cpu_trains_as_eager(prepared_data, tmp_path, monkeypatch):
     )  # train, eval, train
 
     def run(out, **kw):
-        return tg.train(tg.config_from_preset(None, out_dir=str(tmp_path / out), **{**common, **kw}), progress=False)
+        return tg.train(config_from_preset(None, out_dir=str(tmp_path / out), **{**common, **kw}), progress=False)
 
     eager = run("eager")
     with warnings.catch_warnings():
@@ -507,7 +509,7 @@ def test_cuda_amp_fused_adamw_compile_and_resume(prepared_data, tmp_path, dtype)
     common = dict(data_dir=str(prepared_data), **TINY, eval_interval=25, device="cuda")
 
     def run(out, **kw):
-        return tg.train(tg.config_from_preset(None, out_dir=str(tmp_path / out), **{**common, **kw}), progress=False)
+        return tg.train(config_from_preset(None, out_dir=str(tmp_path / out), **{**common, **kw}), progress=False)
 
     fp32 = run("fp32", max_iters=50, dtype="float32")
     amp = run("amp", max_iters=50, dtype=dtype, compile=True)
