@@ -4,6 +4,7 @@
     python app.py --model ORG/NAME                # a model on the Hugging Face Hub
     python app.py --model out --slots 16 --max-waiting 32   # 16 texts at once, 32 more in line (the defaults)
     python app.py --model out --threads 1         # the decode loop on one core (default: every core)
+    python app.py --model out --backend onnx      # its products on ONNX Runtime (default auto: the faster here)
 
 On a Hugging Face Space this file runs unchanged: the Space variable GPT_MODEL names the model
 repo and the app listens on 0.0.0.0:7860. The event is also an API:
@@ -18,18 +19,23 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import importlib.util
 import math
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import gradio as gr
 import torch
 
+from decoders import BACKENDS, ORT_VERSION
 from engine import Engine, EngineBusy, EngineStopped
+from explain_view import add_explain_view
 from machine import ModelTooLargeError, check_fits, hardware_name
 from model_gpt2 import GPT, load_model
+from timeline_view import add_timeline_view
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT = 10_000  # characters kept of a longer prompt: the model reads only its last block_size anyway
@@ -235,13 +241,29 @@ async def stream_request(engine: Engine, tok, req, text: str, wake: asyncio.Even
 
 
 def build_demo(
-    model: GPT, source: str = "", slots: int = SLOTS, max_waiting: int = MAX_WAITING, threads: int | None = None
+    model: GPT,
+    source: str = "",
+    slots: int = SLOTS,
+    max_waiting: int = MAX_WAITING,
+    threads: int | None = None,
+    backend: str = "auto",
+    onnx_file=None,
+    no_graph: str = "",
 ) -> gr.Blocks:
     """The page around `model` (`source` names it in the header). Its launch() brings the CSS and the queue settings.
 
-    Generation runs in one Engine for the model, in a process of its own with `threads` PyTorch threads
-    (default: every core PyTorch uses here): `slots` texts at once, `max_waiting` more in line."""
-    engine = Engine(model, slots=slots, max_waiting=max_waiting, threads=threads)
+    Generation runs in one Engine for the model, in a process of its own with `threads` threads (default: every
+    core PyTorch uses here): `slots` texts at once, `max_waiting` more in line, its products on `backend`
+    (engine.Engine: onnx_file is the model's standard ONNX graph, or None and no_graph says why)."""
+    engine = Engine(
+        model,
+        slots=slots,
+        max_waiting=max_waiting,
+        threads=threads,
+        backend=backend,
+        onnx_file=onnx_file,
+        no_graph=no_graph,
+    )
     with Blocks(title="Character-level GPT-2") as demo:
         gr.Markdown(model_facts(model, source))
         with gr.Row():
@@ -304,6 +326,8 @@ def build_demo(
             # (the components' own checks would say only "Value 1.5 is greater than maximum value 1")
             preprocess=False,
         )
+        add_explain_view(model, output)  # "Inside the model" for the text, and the /explain API
+        add_timeline_view(source)  # "How it learned": its sample at each evaluation of its training
     # Gradio's own queue only hands requests over (see REFUSING): the engine's line is the one with a limit;
     # and no file input here: an upload would only be stored and served back, so none is taken
     demo.launch_defaults = dict(css=CSS, max_threads=slots + max_waiting + REFUSING, max_file_size=0)
@@ -347,7 +371,16 @@ def main(argv=None):
         default=torch.get_num_threads(),
         help=f"PyTorch threads of the decode loop (default {torch.get_num_threads()}: every core PyTorch uses here)",
     )
+    ap.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="what runs the decode loop's products: torch, onnx (ONNX Runtime on the model's onnx/model.onnx) or "
+        "auto (default: times both at start and keeps the faster here)",
+    )
     args = ap.parse_args(argv)
+    if args.backend == "onnx" and importlib.util.find_spec("onnxruntime") is None:
+        sys.exit(f"--backend onnx needs ONNX Runtime, which is not installed: pip install onnxruntime=={ORT_VERSION}")
     if args.slots < 1 or args.max_waiting < 0 or args.threads < 1:
         ap.error(
             f"--slots and --threads must be >= 1 and --max-waiting >= 0, got {args.slots}, {args.threads} "
@@ -380,10 +413,14 @@ def main(argv=None):
         )
     except ModelTooLargeError as e:
         sys.exit(str(e))
-    try:
-        demo = build_demo(model, source, args.slots, args.max_waiting, args.threads)
-    except RuntimeError as e:  # the decode loop died before serving: say why, instead of serving "restart the app"
-        sys.exit(f"Could not start the text generator: {e}")
+    with tempfile.TemporaryDirectory() as tmp:  # an exported graph lives here until the decode loop has loaded it
+        onnx_file, no_graph = find_graph(source, model, tmp) if args.backend != "torch" else (None, "")
+        try:
+            demo = build_demo(
+                model, source, args.slots, args.max_waiting, args.threads, args.backend, onnx_file, no_graph
+            )
+        except RuntimeError as e:  # the decode loop died before serving: say why, instead of serving "restart the app"
+            sys.exit(f"Could not start the text generator: {e}")
     print(
         f"serving {source}: {count(model.num_params())} parameters, {args.slots} texts at once on "
         f"{hardware_name('cpu')}, at http://{args.host}:{args.port}"
@@ -392,6 +429,31 @@ def main(argv=None):
         demo.launch(server_name=args.host, server_port=args.port)
     except OSError as e:  # the port was taken in the meantime
         sys.exit(f"Could not listen on {args.host}:{args.port} ({e}): pass another --port")
+
+
+def find_graph(source: str, model: GPT, tmp) -> tuple[str | None, str]:
+    """The model's standard ONNX graph for the onnx backend, and why there is none: the folder's onnx/model.onnx
+    when it is newer than its weights, else the Hub repo's, else one exported into tmp (that needs the onnx
+    package, which a Space does not install: then there is none, and the loop runs on PyTorch)."""
+    folder = Path(source)
+    if folder.is_dir():
+        graph = folder / "onnx" / "model.onnx"
+        if graph.is_file() and graph.stat().st_mtime >= (folder / "model.safetensors").stat().st_mtime:
+            return str(graph), ""
+    else:
+        from huggingface_hub import hf_hub_download
+
+        with contextlib.suppress(Exception):  # not in the repo (pushed before it had one), offline: export instead
+            return hf_hub_download(source, "onnx/model.onnx"), ""
+    try:
+        from export_onnx import export_standard
+
+        print(f"exporting {source} to ONNX for the decode loop (python hub.py export-onnx DIR keeps one)", flush=True)
+        return str(export_standard(model, Path(tmp) / "model.onnx")), ""
+    except ImportError as e:
+        return None, f"no onnx/model.onnx beside the model, and exporting one needs the onnx package ({e})"
+    except Exception as e:  # noqa: BLE001 - the app still serves, on PyTorch
+        return None, f"no onnx/model.onnx beside the model, and exporting one failed ({type(e).__name__}: {e})"
 
 
 def usable_cores() -> int:

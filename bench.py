@@ -7,8 +7,11 @@
     python bench.py --threads 1              # torch.set_num_threads(1) first, to compare with the default
     python bench.py --browser                # also the static Space's page in Chromium (tests/install_test_tools.sh)
     python bench.py --browser-only           # only that: ~2 minutes
+    python bench.py --explain                # only the "Inside the model" pass, full window of the 10.7M model
     python bench.py --serving                # only the app under load: 1 gradio_client user alone vs 16 at once (~1 min)
     python bench.py --serving --app-dir ../other-checkout   # the same against another checkout's app.py
+    python bench.py --timeline               # only: the cpu preset with and without timeline.jsonl (~6 min)
+    python bench.py --timeline --max-seconds 60              # the same, each run cut to 60 s of training
     python bench.py --agreement out          # only: do batched texts equal generate_text's? (a trained model)
 
 stdout gets one JSON document; the same numbers as a readable table go to stderr.
@@ -28,10 +31,12 @@ import torch
 
 from benchmarks.browser import bench_browser, browser_ready, browser_table
 from benchmarks.common import matmul_peak
+from benchmarks.explain import bench_explain, explain_table
 from benchmarks.generation import bench_generation
 from benchmarks.nanogpt import bench_nanogpt_cpu, bench_vs_nanogpt
 from benchmarks.quality import bench_quality
 from benchmarks.serving import batch_agreement, bench_serving, serving_table
+from benchmarks.timeline import bench_timeline, timeline_table
 from benchmarks.training import bench_compile, bench_training
 from data.prepare import load_meta, load_split
 from machine import enable_tf32, hardware_name, pick_device, pick_dtype
@@ -121,13 +126,21 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default="data", help="folder written by data/prepare.py")
     ap.add_argument("--browser", action="store_true", help="also time the static Space's page in Chromium")
     ap.add_argument("--browser-only", action="store_true", help="only the static Space's page in Chromium")
+    ap.add_argument("--explain", action="store_true", help="only the page's explain pass (Chromium, ORT, PyTorch)")
     ap.add_argument("--serving", action="store_true", help="only the serving benchmark: 1 user alone vs 16 at once")
     ap.add_argument("--app-dir", default=str(Path(__file__).parent), help="the checkout whose app.py --serving runs")
     ap.add_argument("--agreement", metavar="MODEL", help="only: batched vs alone texts of a trained model, 64 prompts")
+    ap.add_argument("--timeline", action="store_true", help="only: the cpu preset with and without timeline.jsonl")
+    ap.add_argument("--max-seconds", type=float, default=180, help="--timeline: each run's seconds of training")
     ap.add_argument("--nanogpt", metavar="PATH", help="a checkout of karpathy/nanoGPT: time its train.py in this run")
     args = ap.parse_args(argv)
-    if (args.browser or args.browser_only) and browser_ready():
+    if (args.browser or args.browser_only or args.explain) and browser_ready():
         ap.error(f"--browser: {browser_ready()}")
+    if args.explain:  # the static page's "Inside the model" pass on a full window: ~1 minute
+        explain = bench_explain(load_meta(Path(args.data_dir))["vocab"])
+        print(json.dumps({"load_avg_1min": round(os.getloadavg()[0], 2), "explain": explain}, indent=2))
+        print("\n".join(explain_table(explain)), file=sys.stderr)
+        return 0
     if args.browser_only:  # the in-browser section alone: a minute or two instead of ~9
         browser = bench_browser(load_meta(Path(args.data_dir))["vocab"])
         print(json.dumps({"load_avg_1min": round(os.getloadavg()[0], 2), "browser": browser}, indent=2))
@@ -146,6 +159,11 @@ def main(argv=None) -> int:
     if args.agreement:  # prompts from the validation split, which the model never trained on
         text = "".join(meta["vocab"][i] for i in load_split(Path(args.data_dir), "val").tolist())
         print(json.dumps(batch_agreement(args.agreement, text), indent=2))
+        return 0
+    if args.timeline:
+        timeline = bench_timeline(device, args.data_dir, args.max_seconds)
+        print(json.dumps({"load_avg_1min": round(os.getloadavg()[0], 2), "timeline": timeline}, indent=2))
+        print("\n" + timeline_table(timeline), file=sys.stderr)
         return 0
     if args.serving:
         serving = bench_serving(meta["vocab"], Path(args.app_dir).resolve())

@@ -8,15 +8,17 @@ metadata. Nothing is pickled.
 
 import json
 import os
-from contextlib import suppress
+import shutil
+import sys
+import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from hub import render_model_card
-from model_files import damaged_file_error, follow_umask, readable_safetensors
+from model_files import SAVED_FILES, damaged_file_error, follow_umask, readable_safetensors, save_safetensors
 from model_gpt2 import GPT
 
 
@@ -47,17 +49,16 @@ def _replace_into(src_dir: Path, out_dir: Path, names) -> None:
 
 
 def save_best_model(model: GPT, out_dir: Path) -> None:
-    """Write the model in Hugging Face format into out_dir without ever leaving a half-written file."""
+    """Write the model in Hugging Face format into out_dir without ever leaving a half-written file
+    (a full disk leaves the previous model as it was, and no temporary folder)."""
     tmp = out_dir / ".tmp-model"
-    tmp.mkdir(exist_ok=True)
-    model.save_pretrained(tmp)
-    (tmp / "README.md").write_text(render_model_card(model.hub_config(), out_dir), encoding="utf-8")
-    _replace_into(
-        tmp, out_dir, ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md", "config.json"]
-    )
-    for leftover in tmp.iterdir():
-        leftover.unlink()
-    tmp.rmdir()
+    try:
+        tmp.mkdir(exist_ok=True)
+        model.save_pretrained(tmp)
+        (tmp / "README.md").write_text(render_model_card(model.hub_config(), out_dir), encoding="utf-8")
+        _replace_into(tmp, out_dir, [*SAVED_FILES, "README.md", "config.json"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def update_model_info(out_dir: Path, **info) -> None:
@@ -71,8 +72,85 @@ def update_model_info(out_dir: Path, **info) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    _durable_replace(tmp, path)
+    with _removed_on_failure(tmp):
+        tmp.write_text(text, encoding="utf-8")
+        _durable_replace(tmp, path)
+
+
+@contextmanager
+def _removed_on_failure(tmp: Path):
+    """A temporary file that a failed write (a full disk) does not leave behind."""
+    try:
+        yield
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+LOCK_FILE = ".lock"  # held by the run training into the folder; every other check ignores it
+
+
+@contextmanager
+def lock_out_dir(out_dir: Path, enabled: bool = True):
+    """Hold an OS lock on out_dir for the whole run, so that a second run started on the same folder is
+    refused, naming the process that holds it, instead of mixing its files with this one's. The OS drops
+    the lock when the process ends, however it ends: a killed run leaves an unlocked .lock file, which nothing
+    minds. The folder is left as the run left it, without the lock file. A folder holding files other than a
+    run's gets no lock file (check_out_dir refuses it)."""
+    run_files = {LOCK_FILE, "resume.safetensors", "config.json"}
+    if (
+        not enabled
+        or out_dir.is_file()
+        or (out_dir.is_dir() and any(out_dir.iterdir()) and not any((out_dir / name).exists() for name in run_files))
+    ):
+        yield
+        return
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(out_dir / LOCK_FILE, "a+", encoding="utf-8") as f:
+            _hold(f, out_dir)
+            try:
+                yield
+            finally:  # removed while still held, then closing the file releases the lock
+                (out_dir / LOCK_FILE).unlink(missing_ok=True)
+    finally:
+        if created and not any(out_dir.iterdir()):  # refused before any work: no trace
+            out_dir.rmdir()
+
+
+def _hold(f, out_dir: Path) -> None:
+    """Lock the open lock file f and write who holds it, or refuse naming who does."""
+    if not _try_lock(f):
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        raise OutDirInUse(
+            f"{out_dir} is in use by another training run ({holder}): wait for it to end, or choose another --out-dir"
+        )
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
+    f.flush()
+
+
+class OutDirInUse(RuntimeError):
+    pass
+
+
+def _try_lock(f) -> bool:
+    """An exclusive lock on the open file f, without waiting; False when another process holds it."""
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except (BlockingIOError, PermissionError):
+        return False
 
 
 def _optim_prefix(i: int) -> str:
@@ -96,8 +174,9 @@ def save_resume_state(path: Path, model: GPT, optimizers, scaler, state: dict) -
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
-    _durable_replace(tmp, path)
+    with _removed_on_failure(tmp):
+        save_safetensors(tensors, tmp, metadata={"state": json.dumps(meta)})
+        _durable_replace(tmp, path)
 
 
 def read_resume_meta(path: Path) -> dict:
@@ -124,6 +203,23 @@ def resume_advice(out_dir: Path) -> str:
             f"{out_dir}` and `python hub.py push {out_dir} ORG/NAME` use it. " + fresh
         )
     return f"{out_dir} holds no intact model either. " + fresh
+
+
+def divergence_message(out_dir: Path, step: int, bad_steps: int) -> str:
+    """What a diverged run left in out_dir, read from the folder itself, and how to go on."""
+    msg = f"{bad_steps} non-finite losses in a row at step {step}: training diverged. "
+    fix = "lower --learning-rate (or --grad-clip)"
+    resume = out_dir / "resume.safetensors"
+    if not resume.is_file():
+        return msg + (
+            f"No evaluation finished before, so no model was saved in {out_dir}: {fix} and start again "
+            f"with another --out-dir (or after deleting {out_dir})."
+        )
+    saved = read_resume_meta(resume)
+    if (out_dir / "model.safetensors").is_file():
+        msg += f"The best model (val loss {saved['best_val_loss']:.4f}) is intact in {out_dir}. "
+    command = f"python train_gpt2.py --out-dir {out_dir} --resume --learning-rate LR"
+    return msg + f"resume.safetensors holds the last good state (step {saved['step']}): {fix}, then `{command}`."
 
 
 def restore_resume_state(tensors: dict, meta: dict, model: GPT, optimizers, scaler) -> None:

@@ -7,9 +7,11 @@
     engine.close()
 
 Decoding one character reads every weight once, and reading them for 16 sequences costs little more
-than for one, so a shared loop serves 16 users for a little more than the price of one. Each step
-of the loop (a Batcher): requests that arrived are prefilled, one by one, into a free slot of a
-preallocated KV cache and their first character goes out at once; every other active request gets
+than for one, so a shared loop serves 16 users for a little more than the price of one. The loop's
+products run in a decoder (decoders.py): PyTorch, or ONNX Runtime on the model's standard ONNX graph,
+whichever was faster on this machine at start-up (Engine's `backend`). Each step of the loop (a
+Batcher): requests that arrived are prefilled, one by one, into the decoder's cache and their first
+character goes out at once; every other active request gets
 its next character (sampled with its own settings and its own torch.Generator); finished or
 cancelled requests leave at once; then one batched decode step runs for all the rest, each row at
 its own position. Past `slots`, requests wait in order; past `max_waiting`, submit() raises
@@ -24,9 +26,12 @@ and sends back, after each step, the characters it wrote; the server's side only
 A request follows GPT.stream() exactly: the same window slide past the context (keep the last
 block_size - block_size // 4 tokens, re-prefill), the same prefill, and alone in the loop the same
 decode_step, so greedy and seeded texts equal generate_text's. In a batch the matrix products run
-as matrix-matrix products, whose sums may differ from the matrix-vector ones in the last bits.
+as matrix-matrix products, and ONNX Runtime's kernels are not PyTorch's: their sums may differ in the
+last bits (bench.py --agreement counts the texts that change; the sampling is the same code for both).
 """
 
+import contextlib
+import gc
 import io
 import itertools
 import os
@@ -40,9 +45,9 @@ from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
-from model_gpt2 import GPT, GPTConfig, KVCache, check_sampling, sample_next_token
+from decoders import choose_decoder
+from model_gpt2 import GPT, GPTConfig, check_sampling, sample_next_token
 
 START_TIMEOUT = 300  # seconds for the decode process to import PyTorch and load the weights
 
@@ -58,18 +63,9 @@ class EngineStopped(RuntimeError):
 # ------------------------------------------------------------------ the decode loop (in its process)
 
 
-class SlotCache:
-    """KVCache's interface over one row of the engine's cache: k, v are views, so writes land in the shared cache."""
-
-    reset, append = KVCache.reset, KVCache.append
-
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, pos: int = 0):
-        self.k, self.v, self.max_len, self.pos = k, v, k.size(3), pos
-
-
 class Row:
-    """One request inside the decode loop: its window of token ids, its sampling settings and generator,
-    and its row of the KV cache."""
+    """One request inside the decode loop: its window of token ids, its sampling settings and generator.
+    Its keys and values are the decoder's (decoders.py), under its request id."""
 
     def __init__(self, rid, ids, max_new_tokens, temperature, top_k, top_p, seed):
         self.rid = rid
@@ -78,48 +74,9 @@ class Row:
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.generator = torch.Generator().manual_seed(seed)
         self.cancelled = False
-        self.row = -1  # its row of the KV cache while it runs
-        self.pos = 0  # positions of its row already in the cache
         self.logits = None  # (1, vocab): the next token's logits, once prefilled or decoded
         self.state = "new"  # then "decode", "ready" or "done": see Batcher._next_token
         self.error: str | None = None  # why it ended early: what failed for this request alone
-
-
-def transposed_weights(model: GPT) -> list:
-    """Each Linear's weight as a contiguous (in, out) matrix (GPT-2's own Conv1D layout), with its bias:
-    x @ W runs the batched decode's products about a third faster on a CPU than x @ W.T does."""
-    layers = []
-    for block in model.transformer.h:
-        linears = (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
-        layers.append([(lin.weight.t().contiguous(), lin.bias) for lin in linears])
-    return layers + [[(model.lm_head.weight.t().contiguous(), None)]]
-
-
-def _mm(x: torch.Tensor, weight_bias) -> torch.Tensor:
-    w, b = weight_bias
-    return x @ w if b is None else torch.addmm(b, x, w)
-
-
-def decode_rows(model: GPT, weights: list, idx: torch.Tensor, pos: torch.Tensor, k_cache, v_cache) -> torch.Tensor:
-    """GPT.decode_step for a batch whose rows sit at different positions: idx (B,) token ids, pos (B,)
-    where each goes; rows 0..B-1 of k_cache, v_cache (n_layer, slots, nh, block_size, hs); `weights`
-    from transposed_weights(model). Row b attends to its own positions 0..pos[b] only (a boolean mask
-    hides the longer rows' extra positions). Returns the next-token logits (B, vocab)."""
-    t, c = model.transformer, model.config
-    B, hs = idx.size(0), c.n_embd // c.n_head
-    rows = torch.arange(B, device=idx.device)
-    L = int(pos.max()) + 1  # attend over the longest row's positions
-    mask = (torch.arange(L, device=idx.device) <= pos[:, None]).view(B, 1, 1, L)
-    x = t.wte(idx) + t.wpe(pos)  # (B, C)
-    for i, block in enumerate(t.h):
-        c_attn, c_proj, c_fc, mlp_proj = weights[i]
-        q, k, v = _mm(block.ln_1(x), c_attn).view(B, 3, c.n_head, hs).unbind(1)
-        k_cache[i, rows, :, pos] = k  # (B, nh, hs) into each row's own position
-        v_cache[i, rows, :, pos] = v
-        y = F.scaled_dot_product_attention(q.unsqueeze(2), k_cache[i, :B, :, :L], v_cache[i, :B, :, :L], attn_mask=mask)
-        x = x + _mm(y.view(B, c.n_embd), c_proj)
-        x = x + _mm(block.mlp.gelu(_mm(block.ln_2(x), c_fc)), mlp_proj)
-    return _mm(t.ln_f(x), weights[-1][0])
 
 
 class Outbox:
@@ -136,17 +93,13 @@ class Outbox:
 
 
 class Batcher:
-    """The decode loop's state for one model: `slots` rows of a preallocated KV cache and the requests in them."""
+    """The decode loop's state for one model: the requests running in its decoder (decoders.py: PyTorch or
+    ONNX Runtime, which holds their keys and values) and the ones that arrived since the last step."""
 
-    def __init__(self, model: GPT, slots: int):
-        self.model, self.slots = model.eval(), slots
-        cache = model._new_cache(slots)  # preallocated: the memory is known at start-up
-        # zeroed, not left uninitialised: masked positions get weight 0, and 0 * NaN would still be NaN
-        self.k, self.v = cache.k.zero_(), cache.v.zero_()  # (n_layer, slots, nh, block_size, hs)
-        self.block = model.config.block_size
+    def __init__(self, decoder):
+        self.decoder, self.slots, self.block = decoder, decoder.slots, decoder.block
         self.shift = max(1, self.block // 4)  # as GPT.stream: slide the window by a quarter
-        self.weights = transposed_weights(model)
-        self.rows: list[Row] = []  # running: rows[i] uses row i of the cache
+        self.rows: list[Row] = []  # running, in the decoder
         self.new: list[Row] = []  # arrived, prefilled at the next step
         self.steps = 0  # decode steps run: for tests and benchmarks
 
@@ -170,9 +123,7 @@ class Batcher:
         What one request's settings or ids make fail (a prefill, a sample, its own decode step) ends that
         request alone, with the error; the others keep going."""
         new, self.new = self.new, []
-        for row in new:  # all in rows first: if something fails between rows, fail() ends every one of them
-            row.row = len(self.rows)
-            self.rows.append(row)
+        self.rows += new  # all in rows first: if something fails between rows, fail() ends every one of them
         for row in new:
             if not row.cancelled:
                 self._alone(row, lambda r: self._start(r, out))
@@ -183,8 +134,9 @@ class Batcher:
                 self._alone(row, lambda r: self._next_token(r, out))
         ended = [r for r in self.rows if r.state == "done" or r.cancelled]
         out.ended += [(r.rid, r.error) for r in ended]
+        for row in ended:
+            self.decoder.drop(row.rid)  # its cache is free at once
         self.rows = [r for r in self.rows if not (r.state == "done" or r.cancelled)]
-        self._compact()
         decode = [r for r in self.rows if r.state == "decode"]
         if decode:
             self._decode(decode)  # a row whose own decode fails is "done": it leaves at the next step
@@ -194,6 +146,9 @@ class Batcher:
         """A broken step (outside any one request's work) fails its requests, not the loop."""
         message = one_line(error)
         out.ended += [(r.rid, message) for r in self.rows + self.new]
+        for row in self.rows:
+            with contextlib.suppress(Exception):
+                self.decoder.drop(row.rid)
         self.rows, self.new = [], []
 
     @staticmethod
@@ -210,11 +165,8 @@ class Batcher:
         self._next_token(row, out)
 
     def _prefill(self, row: Row):
-        """Compute row.window's keys/values into its cache row (alone: as GPT.stream does) and the next logits."""
-        cache = SlotCache(self.k[:, row.row : row.row + 1], self.v[:, row.row : row.row + 1])
-        window = torch.tensor([row.window], dtype=torch.long, device=self.k.device)
-        row.logits = self.model(window, kv_cache=cache)[0][:, -1]
-        row.pos = cache.pos
+        """row.window's keys/values into the decoder (alone: as GPT.stream does), and the next logits."""
+        row.logits = self.decoder.prefill(row.rid, row.window)
 
     def _next_token(self, row: Row, out: Outbox):
         """Sample row's next token from its logits; row.state says what it needs next:
@@ -237,41 +189,23 @@ class Batcher:
         row.window.append(nxt)
         row.state = "decode"
         if len(row.window) > self.block:  # window full: slide and re-prefill this row alone
-            row.window = row.window[-(self.block - self.shift) :]
+            row.window = row.window[-max(1, self.block - self.shift) :]  # a block of 1 keeps its one character
             self._prefill(row)
             row.state = "ready"
 
     def _decode(self, decode: list[Row]):
-        if len(self.rows) == 1:  # alone: GPT.decode_step itself, so the text equals generate_text's
-            self._alone(decode[0], self._decode_alone)
-            return
-        # every row takes part (rows 0..B-1 are views, not copies); a row that was just re-prefilled
-        # computes a throwaway step at its next free position, which its next decode overwrites
-        idx = torch.tensor([r.window[-1] for r in self.rows], device=self.k.device)
-        pos = torch.tensor([r.pos for r in self.rows], device=self.k.device)
+        """One batched step for every row that needs one (alone, the decoder runs GPT.decode_step itself)."""
         try:
-            logits = decode_rows(self.model, self.weights, idx, pos, self.k, self.v)
+            logits = self.decoder.decode([r.rid for r in decode], [r.window[-1] for r in decode])
         except Exception:  # noqa: BLE001 - the batch failed (memory?): each row takes its step alone instead,
             for row in decode:  # so only a row that fails on its own is lost
                 self._alone(row, self._decode_alone)
             return
-        for row in decode:
-            row.logits = logits[row.row : row.row + 1]
-            row.pos += 1
+        for i, row in enumerate(decode):
+            row.logits = logits[i : i + 1]
 
     def _decode_alone(self, row: Row):
-        """One decode step for this row alone (GPT.decode_step on its row of the cache)."""
-        cache = SlotCache(self.k[:, row.row : row.row + 1], self.v[:, row.row : row.row + 1], row.pos)
-        row.logits = self.model.decode_step(torch.tensor([row.window[-1]], device=self.k.device), cache)
-        row.pos = cache.pos
-
-    def _compact(self):
-        """Keep the running rows at 0..B-1: a row whose request left takes over the last row's cache."""
-        for i, row in enumerate(self.rows):
-            if row.row != i:
-                self.k[:, i, :, : row.pos] = self.k[:, row.row, :, : row.pos]
-                self.v[:, i, :, : row.pos] = self.v[:, row.row, :, : row.pos]
-                row.row = i
+        row.logits = self.decoder.decode([row.rid], [row.window[-1]])
 
 
 def one_line(error: BaseException) -> str:
@@ -332,15 +266,25 @@ def worker_main(fd: int):
     """The decode process's entry point: the model and settings come first through the connection on `fd`."""
     conn = Connection(fd)
     try:
-        payload, slots, threads = conn.recv()
+        payload, slots, threads, decoding = conn.recv()
         torch.set_num_threads(threads)
-        # the KV cache too, before "ready": a loop that cannot hold it fails now, while the server can still say why
-        batcher = Batcher(load_payload(payload), slots)
+        # the decoder and its cache too, before "ready": a loop that cannot hold them fails now, while the
+        # server can still say why
+        batcher, why = start_batcher(load_payload(payload), slots, threads, decoding)
+        del payload
     except Exception as e:
         conn.send(("failed", one_line(e)))
         return
-    conn.send(("ready",))
+    print(f"engine: {why}", file=sys.stderr, flush=True)
+    conn.send(("ready", why))
     serve(conn, batcher)
+
+
+def start_batcher(model: GPT, slots: int, threads: int, decoding: dict) -> tuple[Batcher, str]:
+    """The loop's state with the decoder choose_decoder picks (decoding: its backend, onnx_file, no_graph)."""
+    decoder, why = choose_decoder(model, slots, threads=threads, **decoding)
+    gc.collect()  # the decoder not chosen, and its cache, are gone: the memory at start is the chosen one's
+    return Batcher(decoder), why
 
 
 # ------------------------------------------------------------------ the server's side
@@ -386,11 +330,21 @@ class Engine:
     """The shared decode loop for one model: `slots` requests at a time, `max_waiting` more in line.
 
     The loop runs in a process of its own (in a thread where a process cannot be given a connection:
-    Windows, or process=False) with `threads` PyTorch threads (default: as many as this process uses
-    now). close() stops it."""
+    Windows, or process=False) with `threads` threads (default: as many as PyTorch uses in this process
+    now). Its products run on `backend` (decoders.choose_decoder): "torch", "onnx" (ONNX Runtime on
+    onnx_file, the model's standard graph) or "auto", the faster of the two here (PyTorch when there is
+    no onnx_file; `no_graph` says why not). self.decoding says which it runs and why. close() stops it."""
 
     def __init__(
-        self, model: GPT, slots: int = 16, max_waiting: int = 32, process: bool = True, threads: int | None = None
+        self,
+        model: GPT,
+        slots: int = 16,
+        max_waiting: int = 32,
+        process: bool = True,
+        threads: int | None = None,
+        backend: str = "auto",
+        onnx_file: str | None = None,
+        no_graph: str = "",
     ):
         if slots < 1 or max_waiting < 0:
             raise ValueError(f"slots must be >= 1 and max_waiting >= 0, got {slots} and {max_waiting}")
@@ -403,10 +357,13 @@ class Engine:
         self.stopped: str | None = None  # why the loop is gone, once it is
         self._ids = itertools.count()
         self.conn, theirs = Pipe()
+        threads = threads or torch.get_num_threads()
+        decoding = {"backend": backend, "onnx_file": str(onnx_file) if onnx_file else None, "no_graph": no_graph}
+        self.decoding = ""  # the decoder's line: which backend runs the products, and why
         if process and os.name == "posix":
             self.process = start_worker(theirs)
             try:
-                self.conn.send((model_payload(model), slots, threads or torch.get_num_threads()))
+                self.conn.send((model_payload(model), slots, threads, decoding))
             except OSError as e:  # it died at start: _wait_until_ready says why
                 self.conn.close()
                 self.process.wait()
@@ -414,10 +371,10 @@ class Engine:
                     f"the decode process could not start (exit code {self.process.returncode}): {e}"
                 ) from e
         else:
-            if threads:  # a thread shares this process's PyTorch threads
-                torch.set_num_threads(threads)
+            torch.set_num_threads(threads)  # a thread shares this process's PyTorch threads
             self.process = None
-            batcher = Batcher(model, slots)  # its KV cache: a failure raises here, before anything is served
+            # its decoder and cache: a failure raises here, before anything is served
+            batcher, self.decoding = start_batcher(model, slots, threads, decoding)
             threading.Thread(target=serve, args=(theirs, batcher), name="decode-loop", daemon=True).start()
         self._wait_until_ready()
         self.reader = threading.Thread(target=self._read, name="engine-reader", daemon=True)
@@ -430,7 +387,9 @@ class Engine:
             ready = self.conn.poll(START_TIMEOUT) and self.conn.recv()
         except (EOFError, OSError):
             ready = None
-        if not ready or ready[0] != "ready":
+        if ready and ready[0] == "ready":
+            self.decoding = ready[1]
+        else:
             try:  # it said why, it died (the pipe closed), or it did not answer in time (still running)
                 code = self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:

@@ -1,4 +1,4 @@
-"""Share a trained model: its model card, pushing it to the Hugging Face Hub, deploying the Space.
+"""Share a trained model: pushing it to the Hugging Face Hub (its model card: model_card.py), deploying the Space.
 
     hf auth login                                            # once: a token with write access
     python hub.py push out ORG/NAME [--private]              # the model in out/ -> huggingface.co/ORG/NAME
@@ -6,13 +6,13 @@
     python hub.py deploy ORG/SPACE --model ORG/NAME [--private]   # a Gradio Space serving that model
     python hub.py convert out                                # a folder of an older layout -> transformers' layout
     python hub.py preview-static out [--port 8000]           # the static Space's page, locally, with out/
-    python hub.py export-onnx out                            # writes out/onnx/model.onnx
+    python hub.py export-onnx out                            # writes out/onnx/model.onnx, step.onnx, explain.onnx
 
-push uploads config.json, model.safetensors, the tokenizer files, onnx/model.onnx (exported on
-the way), metrics.jsonl, loss.png and a fresh model card (README.md, with a sample); never
+push uploads config.json, model.safetensors, the tokenizer files, onnx/model.onnx, step.onnx and explain.onnx
+(exported on the way), metrics.jsonl, loss.png, timeline.jsonl and a fresh model card (README.md, with a sample); never
 resume.safetensors (the optimizer state is for training only). deploy --static uploads static/index.html (pointed at the
-model repo), static/app.js and a README.md with `sdk: static`: static Spaces are free for everyone.
-deploy (Gradio) uploads app.py and the modules it imports (engine.py, machine.py, model_gpt2.py), a
+model repo), static/app.js, static/timeline.js and a README.md with `sdk: static`: static Spaces are free for everyone.
+deploy (Gradio) uploads app.py and the modules it imports (engine.py, machine.py, model_gpt2.py...), a
 requirements.txt that installs the CPU build of
 torch, and the Space's README.md, and sets the Space variable GPT_MODEL=ORG/NAME that app.py reads.
 
@@ -24,7 +24,6 @@ export-onnx writes into the local model folder (out/onnx/); push, deploy and pre
 
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -32,7 +31,6 @@ import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
-from dataclasses import fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -40,28 +38,43 @@ from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, HTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import validate_repo_id
 
-from model_files import GPT2_NAMES, REPO_ID
-from model_gpt2 import GPT, GPTConfig, load_model
+from model_card import render_model_card
+from model_files import REPO_ID, SAVED_FILES, WRITE_FAILURES, cannot_write
+from model_gpt2 import GPT, load_model
+from timeline import TIMELINE
 
 ROOT = Path(__file__).resolve().parent
-# the architecture in the card's table: GPTConfig's fields under their names in config.json
-ARCH_KEYS = [GPT2_NAMES.get(f.name, f.name) for f in fields(GPTConfig)]
 MODEL_FILES = (
     "config.json",
     "model.safetensors",
     "tokenizer.json",
     "tokenizer_config.json",
+    "generation_config.json",
     "metrics.jsonl",
     "loss.png",
+    TIMELINE,
 )
 # + README.md, rendered
 # app.py and every module of ours it imports (tests/test_hub.py starts the app from these files alone);
 # + requirements.txt and README.md, generated
-SPACE_FILES = ("app.py", "engine.py", "machine.py", "model_gpt2.py", "model_files.py")
+SPACE_FILES = (
+    "app.py",
+    "engine.py",
+    "decoders.py",  # the decode loop's backends (engine.py imports it)
+    "export_onnx.py",  # the standard graph's layout (decoders.py), and the app's export when the repo has none
+    "machine.py",
+    "model_gpt2.py",
+    "model_files.py",
+    "timeline_view.py",
+    "timeline.py",
+    "explain_view.py",
+    "explain.py",
+)
 # training and exporting only: left out of the Space's requirements
-TRAINING_ONLY = ("matplotlib", "onnx", "onnxscript")
+TRAINING_ONLY = ("matplotlib", "onnx")
 STATIC_DIR = ROOT / "static"
-STATIC_FILES = ("index.html", "app.js")  # the static Space's page; index.html gets the model's URL
+# the static Space's page; index.html gets the model's URL
+STATIC_FILES = ("index.html", "app.js", "timeline.js", "explain.js")
 MODEL_URL_TAG = '<meta name="model-url" content="model/">'
 # a static Space sends these when its README asks (custom_headers): the page is then cross-origin
 # isolated, which WebAssembly threads need (SharedArrayBuffer)
@@ -71,190 +84,10 @@ ISOLATION_HEADERS = {
     "cross-origin-resource-policy": "cross-origin",
 }
 CPU_TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
-TINY_SHAKESPEARE_VOCAB = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 class HubError(RuntimeError):
     """Pushing or deploying cannot go ahead; the message says what to do."""
-
-
-# ---------------------------------------------------------------------------- model card
-
-
-def is_tiny_shakespeare(config: dict) -> bool:
-    info = config.get("train_info")
-    name = info.get("dataset") if isinstance(info, dict) else None
-    if name:  # data/prepare.py names it tiny_shakespeare only when the text's sha256 is the file's
-        return name == "tiny_shakespeare"
-    return config.get("vocab") == TINY_SHAKESPEARE_VOCAB
-
-
-CARD_USAGE = """## Use with transformers
-
-```python
-from transformers import pipeline
-generate = pipeline("text-generation", model="{repo}")
-print(generate("ROMEO:", max_new_tokens={n_new}, do_sample=True, temperature=0.8)[0]["generated_text"])
-```
-
-`do_sample=False` gives the greedy text; `top_k` and `top_p` narrow the choice. A character outside the
-vocabulary is left out of the prompt. The prompt and the new characters together must fit in the model's context
-({n_positions} characters): transformers does not slide the window; `generate_text` below does.
-
-## Use with the project's code
-
-Needs `model_gpt2.py` from the project (and torch, huggingface_hub, safetensors).
-
-```python
-from model_gpt2 import load_model
-
-model = load_model("{repo}")  # or the local folder written by train_gpt2.py
-print(model.generate_text("ROMEO:", max_new_tokens=300, temperature=0.8, seed=0))
-```
-
-```bash
-python sample_gpt2.py --model {repo} --prompt "ROMEO:"   # streams to the terminal
-python app.py --model {repo}                             # the Gradio app, locally
-```
-"""
-CARD_TRAIN_KEYS = (
-    "optimizer",
-    "batch_size",
-    "grad_accum_steps",
-    "learning_rate",
-    "muon_lr",
-    "min_lr",
-    "schedule",
-    "warmup_iters",
-    "max_iters",
-    "weight_decay",
-    "beta1",
-    "beta2",
-    "grad_clip",
-    "eval_interval",
-    "eval_iters",
-    "seed",
-)
-
-
-def render_model_card(config: dict, out_dir: Path, sample: str | None = None, repo_id: str | None = None) -> str:
-    """The README.md of a model folder: what it is, how well it does, how to use it.
-
-    `config` is what config.json holds (model.hub_config()); loss.png is shown when out_dir has one.
-    """
-    info = config.get("train_info") if isinstance(config.get("train_info"), dict) else {}
-    shakespeare = is_tiny_shakespeare(config)
-    n_params, vocab_size = config["num_params"], config["vocab_size"]
-    curve = "\n![loss curve](loss.png)\n" if (Path(out_dir) / "loss.png").is_file() else ""
-    fence = code_fence(sample or "")
-    sample_block = (
-        f"\n## Sample\n\nPrompt: a newline; temperature 0.8, seed 0, 300 characters, as generated:\n\n"
-        f"{fence}text\n{sample}\n{fence}\n"
-        if sample
-        else ""
-    )
-    dataset = (
-        "[tiny Shakespeare](https://huggingface.co/datasets/karpathy/tiny_shakespeare) (Karpathy's char-rnn corpus, "
-        "1.1M characters of Shakespeare's plays); the first 90% trains, the last 10% validates."
-        if shakespeare
-        else f"{info.get('dataset', 'a text')} prepared with data/prepare.py (first 90% trains, last 10% validates)."
-    )
-    return f"""{card_front_matter(shakespeare)}
-# Character-level GPT-2 ({n_params / 1e6:.2f}M parameters)
-
-A GPT-2 that reads and writes one character at a time ({config["n_layer"]} layers, {config["n_head"]} heads,
-{config["n_embd"]} dimensions, a context of {config["n_positions"]} characters), trained from scratch with
-`train_gpt2.py` from the "Let's build GPT" course project. The repo is a standard transformers GPT-2: its tokenizer
-(tokenizer.json) has one token per character of its {vocab_size}-character vocabulary, also listed in config.json.
-
-## Results
-
-| metric | value |
-|---|---|
-{card_results(info)}
-
-The loss is the cross-entropy in nats per character: the average of -ln(probability the model gave the true next
-character). Guessing uniformly among the {vocab_size} characters scores ln({vocab_size}) = {math.log(vocab_size):.2f};
-lower is better, and exp(loss) is how many characters the model is, on average, still choosing between.
-{curve}{sample_block}
-{CARD_USAGE.format(repo=repo_id or "ORG/NAME", n_new=min(300, config["n_positions"] - 8), n_positions=config["n_positions"])}
-## Configuration
-
-| setting | value |
-|---|---|
-{card_settings(config, info.get("train_config") or {})}
-
-## Dataset
-
-{dataset}
-
-## License
-
-MIT.
-"""
-
-
-def code_fence(text: str) -> str:
-    """A Markdown code fence that `text` cannot close: longer than any run of backticks in it (3 at least)."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    return "`" * max(3, longest + 1)
-
-
-def finite(x) -> int | float | None:
-    """x if it is a finite number, else None: training facts come from a config.json that anyone may have written."""
-    ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-    return x if ok else None
-
-
-def card_front_matter(shakespeare: bool) -> str:
-    tags = ["gpt2", "character-level", "text-generation"] + (["tiny-shakespeare"] if shakespeare else [])
-    return "\n".join(
-        ["---", "library_name: transformers", "license: mit", "pipeline_tag: text-generation", "tags:"]
-        + [f"- {t}" for t in tags]
-        + (["datasets:", "- karpathy/tiny_shakespeare"] if shakespeare else [])
-        + ["---"]
-    )
-
-
-def card_results(info: dict) -> str:
-    """The rows of the card's results table; the validation loss says what it was measured on. A fact that is
-    not what it should be (a number that is not a finite number, a name that is not text) is "not recorded"."""
-    tc = info.get("train_config") if isinstance(info.get("train_config"), dict) else {}
-
-    def number(key, spec):
-        x = finite(info.get(key))
-        return "not recorded" if x is None else format(x, spec)
-
-    def text(key):
-        x = info.get(key)
-        return x.replace("|", "/").replace("\n", " ") if isinstance(x, str) and x.strip() else "not recorded"
-
-    if finite(info.get("val_loss_full")) is not None:
-        val = f"| validation loss (whole validation split) | {info['val_loss_full']:.4f} |"
-    elif finite(info.get("val_loss")) is not None:
-        iters = finite(tc.get("eval_iters"))
-        batches = f"{iters} fixed batches" if iters is not None else "fixed batches"
-        val = f"| validation loss (estimate on {batches} of the validation split) | {info['val_loss']:.4f} |"
-    else:
-        val = "| validation loss | not measured |"
-    return "\n".join(
-        [
-            val,
-            f"| train loss (estimate at the saved step) | {number('train_loss', '.4f')} |",
-            f"| steps | {number('step', ',')} |",
-            f"| tokens seen | {number('tokens_seen', ',')} |",
-            f"| hardware | {text('hardware')} |",
-            f"| precision | {text('dtype')} |",
-        ]
-    )
-
-
-def card_settings(config: dict, train_config: dict) -> str:
-    """The architecture, the parameter count and the training settings, one table row each."""
-    settings = [(k, config[k]) for k in ARCH_KEYS] + [("parameters", f"{config['num_params']:,}")]
-    if isinstance(train_config, dict):
-        settings += [(k, train_config[k]) for k in CARD_TRAIN_KEYS if k in train_config]
-    return "\n".join(f"| {k} | {v} |" for k, v in settings)
 
 
 # ---------------------------------------------------------------------------- Hub access
@@ -336,7 +169,9 @@ def push_model(out_dir, repo_id: str, token: str | None = None, private: bool = 
         names = [name for name in MODEL_FILES if (out_dir / name).is_file()]
         for name in names:
             shutil.copy2(out_dir / name, staging / name)
-        names.append(export_onnx_checked(model, staging).relative_to(staging).as_posix())  # for the static Space
+        graph = export_onnx_checked(model, staging)  # model.onnx, step.onnx, explain.onnx: the static Space, the app
+        graphs = (graph, graph.with_name("step.onnx"), graph.with_name("explain.onnx"))
+        names += [p.relative_to(staging).as_posix() for p in graphs if p.is_file()]
         card = render_model_card(config, out_dir, sample=sample, repo_id=repo_id)
         (staging / "README.md").write_text(card, encoding="utf-8")
         val = (config.get("train_info") or {}).get("val_loss_full")
@@ -358,11 +193,12 @@ def push_model(out_dir, repo_id: str, token: str | None = None, private: bool = 
 
 def export_onnx_checked(model: GPT, out_dir) -> Path:
     """export_onnx.export_onnx, with a HubError when the exporter's packages are missing."""
+    from export_onnx import export_onnx
+
     try:
-        from export_onnx import export_onnx
-    except ImportError as e:  # onnx / onnxscript
-        raise HubError(f"exporting to ONNX needs onnx and onnxscript ({e}): pip install -r requirements.txt") from e
-    return export_onnx(model, out_dir)
+        return export_onnx(model, out_dir)
+    except ImportError as e:  # PyTorch's exporter writes the file with the onnx package
+        raise HubError(f"exporting to ONNX needs the onnx package ({e}): pip install -r requirements.txt") from e
 
 
 def load_for_export(out_dir) -> GPT:
@@ -386,8 +222,11 @@ def preview_server(out_dir, onnx_file, host: str = "127.0.0.1", port: int = 8000
     """The static Space as a visitor gets it, served from here: the page, and the model's files under model/.
 
     Sends the same cross-origin isolation headers the Space sends. Call serve_forever() on it."""
-    out_dir, files = Path(out_dir), {"/app.js": STATIC_DIR / "app.js"}
+    out_dir, files = Path(out_dir), {f"/{name}": STATIC_DIR / name for name in STATIC_FILES[1:]}
     files.update({"/model/config.json": out_dir / "config.json", "/model/onnx/model.onnx": Path(onnx_file)})
+    files["/model/onnx/step.onnx"] = Path(onnx_file).with_name("step.onnx")  # the page's decode step
+    files["/model/onnx/explain.onnx"] = Path(onnx_file).with_name("explain.onnx")  # the "Inside the model" view
+    files[f"/model/{TIMELINE}"] = out_dir / TIMELINE  # 404 when the folder has none, as on the Hub
     page = static_page("model/").encode()
 
     class Handler(BaseHTTPRequestHandler):  # only these files: nothing else of this machine is served
@@ -395,7 +234,7 @@ def preview_server(out_dir, onnx_file, host: str = "127.0.0.1", port: int = 8000
             path = self.path.split("?")[0]
             if path in ("/", "/index.html"):
                 body, kind = page, "text/html; charset=utf-8"
-            elif path in files:
+            elif path in files and files[path].is_file():
                 body = files[path].read_bytes()
                 kind = "text/javascript" if path.endswith(".js") else "application/octet-stream"
             else:
@@ -418,11 +257,13 @@ def preview_server(out_dir, onnx_file, host: str = "127.0.0.1", port: int = 8000
 
 
 def onnx_for_preview(out_dir, tmp) -> Path:
-    """out_dir/onnx/model.onnx when it is newer than the weights; else a fresh export into tmp."""
+    """out_dir/onnx/model.onnx when it is newer than the weights and has the page's step.onnx beside it; else a fresh
+    export into tmp."""
     out_dir = Path(out_dir)
     model = load_for_export(out_dir)  # also checks that the folder holds a model
     onnx_file = out_dir / "onnx" / "model.onnx"
-    if onnx_file.is_file() and onnx_file.stat().st_mtime >= (out_dir / "model.safetensors").stat().st_mtime:
+    fresh = onnx_file.is_file() and onnx_file.stat().st_mtime >= (out_dir / "model.safetensors").stat().st_mtime
+    if fresh and onnx_file.with_name("step.onnx").is_file():
         return onnx_file
     print(f"exporting {out_dir} to ONNX for the preview (python hub.py export-onnx {out_dir} keeps it)")
     return export_onnx_checked(model, tmp)
@@ -484,7 +325,8 @@ def deploy_static_space(space_id: str, model_repo: str, token: str | None = None
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
         (staging / "index.html").write_text(page, encoding="utf-8")
-        shutil.copy2(STATIC_DIR / "app.js", staging / "app.js")
+        for name in STATIC_FILES[1:]:
+            shutil.copy2(STATIC_DIR / name, staging / name)
         (staging / "README.md").write_text(render_static_space_readme(space_id, model_repo), encoding="utf-8")
         with hub_errors(space_id):
             api.create_repo(space_id, repo_type="space", space_sdk="static", exist_ok=True, private=private)
@@ -603,7 +445,7 @@ def convert_folder(out_dir) -> None:
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         model.save_pretrained(tmp)
         (Path(tmp) / "README.md").write_text(render_model_card(model.hub_config(), out_dir), encoding="utf-8")
-        for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md", "config.json"):
+        for name in (*SAVED_FILES, "README.md", "config.json"):
             os.replace(Path(tmp) / name, out_dir / name)  # config.json last: it says which layout the weights are in
     print(f"converted {out_dir}: transformers' GPT2LMHeadModel, pipeline() and AutoTokenizer now read it")
 
@@ -631,7 +473,9 @@ def main(argv=None) -> int:
     preview.add_argument("out_dir", help="folder written by train_gpt2.py --out-dir")
     preview.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     preview.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    export = sub.add_parser("export-onnx", help="write OUT_DIR/onnx/model.onnx (for the static Space)")
+    export = sub.add_parser(
+        "export-onnx", help="write OUT_DIR/onnx/model.onnx, step.onnx and explain.onnx (the static page, the app)"
+    )
     export.add_argument("out_dir", help="folder written by train_gpt2.py --out-dir")
     args = ap.parse_args(argv)
     try:
@@ -651,6 +495,12 @@ def main(argv=None) -> int:
     except HubError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in WRITE_FAILURES:
+            raise
+        kept = f"; {args.out_dir} is as it was" if getattr(args, "out_dir", None) else ""
+        print(f"error: {cannot_write(e)}{kept}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -8,6 +8,7 @@ Gradio Space with model_gpt2.py; like it, it needs only torch, huggingface_hub a
 (tokenizers when saving), and does no work at import.
 """
 
+import errno
 import json
 import os
 import re
@@ -130,16 +131,18 @@ def model_files_in(name: str, revision: str | None) -> tuple[str, str]:
 
 
 def tokenizer_files(vocab: str, block_size: int) -> tuple[str, dict]:
-    """tokenizer.json and tokenizer_config.json for transformers' AutoTokenizer: one token per character
-    with CharTokenizer's ids, decoding joins characters with nothing between them. A character outside the
-    vocabulary is dropped before tokenizing (as the app and the sampler drop it): no id shifts, no token is
-    added, so vocab_size stays the model's."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    """tokenizer.json and tokenizer_config.json for transformers' AutoTokenizer and transformers.js: one token
+    per character with CharTokenizer's ids; decoding joins characters with nothing between them.
 
-    outside = "[^" + "".join(f"\\x{{{ord(ch):x}}}" for ch in vocab) + "]"
-    # WordLevel needs an unknown token; the normalizer has already removed every character it would apply to
-    tok = Tokenizer(models.WordLevel({ch: i for i, ch in enumerate(vocab)}, unk_token=vocab[0]))
-    tok.normalizer = normalizers.Replace(Regex(outside), "")
+    No normalizer: every reader must accept the file (a character class of the whole vocabulary was Oniguruma-only
+    syntax, which JavaScript rejects and which failed past 10,000 characters), and the pre-tokenizer's one pattern,
+    "any single character", is the same in every regex engine. So a character outside the vocabulary becomes the
+    unknown token (" " when the vocabulary has a space, else its first character) in transformers and
+    transformers.js, where the app and the sampler leave it out; no token is added, so vocab_size stays the model's."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    unk = " " if " " in vocab else vocab[0]
+    tok = Tokenizer(models.WordLevel({ch: i for i, ch in enumerate(vocab)}, unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character alone
     tok.decoder = decoders.Fuse()
     config = {
@@ -196,6 +199,9 @@ def follow_umask(path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
+# what save_pretrained writes besides config.json (written last: it says which layout the weights are in)
+SAVED_FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
+
 LOAD_FIX = "Load it on a machine with more memory, or check its config.json (n_layer, n_embd)."
 
 
@@ -209,3 +215,32 @@ def damaged_weights(name_or_path, error: Exception) -> DamagedFileError:
         folder = Path(cached).parent if isinstance(cached, str) else folder
     advice = weights_advice(folder).replace("REPO_ID", str(name_or_path))
     return damaged_file_error(folder / "model.safetensors", error, advice)
+
+
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def cannot_write(error: OSError) -> str:
+    """One sentence for a write that failed because of where it went, not what was written: a full disk
+    (or quota, or file-size limit), or a read-only folder or someone else's."""
+    where = error.filename or "a file"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = "the disk is full (or a quota or file-size limit was reached): free some space and run it again"
+    else:
+        fix = "the folder is read-only or not yours: choose a folder you can write to"
+    return f"cannot write {where} ({error.strerror}): {fix}"
+
+
+def save_safetensors(tensors: dict, path, metadata: dict) -> None:
+    """safetensors' save_file, raising the OSError a failed write is (safetensors reports a full disk
+    as a SafetensorError whose text ends with "(os error 28)")."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if not code:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from e

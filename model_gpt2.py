@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.nn import functional as F
 
+from explain import explain as explain_text
 from machine import check_fits
 from model_files import (
     GPT2_FIXED,
@@ -39,6 +40,7 @@ from model_files import (
     follow_umask,
     from_gpt2_state_dict,
     model_files_in,
+    save_safetensors,
     to_gpt2_state_dict,
     tokenizer_files,
 )
@@ -323,6 +325,16 @@ class GPT(nn.Module):
             lens.append(self.lm_head(t.ln_f(x)))
         return lens[-1], torch.stack(attention, dim=1), torch.stack(lens, dim=1)
 
+    def explain(self, text: str, top: int = 5) -> dict:
+        """What the model does with the last window of `text` (at most block_size characters), as JSON-ready
+        lists: chars (T); cut (characters before the window, left out); unknown (characters not in the
+        vocabulary, dropped); top[i] the `top` likeliest next characters after i ({"char", "prob"}); next[i],
+        next_prob[i] the character that really came next and its probability (None for the last);
+        attention (n_layer, n_head, T, T) rows that sum to 1, zero above the diagonal; lens (n_layer, T, 3)
+        the logit lens' top-3 after each layer (the last layer's is the model's own). An empty text, or one
+        of unknown characters only, raises ValueError. One internals() pass: explain.py shapes it."""
+        return explain_text(self, text, top)
+
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on matrices and embeddings (>= 2-D), not on biases or LayerNorms."""
         params = {n: p for n, p in self.named_parameters() if p.requires_grad}
@@ -413,7 +425,7 @@ class GPT(nn.Module):
                     break
                 window = torch.cat((window, nxt), dim=1)
                 if window.size(1) > block:  # window full: slide and re-prefill
-                    window = window[:, -(block - shift) :]
+                    window = window[:, -max(1, block - shift) :]  # a block of 1 keeps its one character
                     if cache is not None:
                         cache.reset()
                     logits = self(window, kv_cache=cache)[0][:, -1]
@@ -486,10 +498,14 @@ class GPT(nn.Module):
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(self.hub_config(), indent=2, sort_keys=True), encoding="utf-8")
-        save_file(to_gpt2_state_dict(self), str(out / "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(to_gpt2_state_dict(self), out / "model.safetensors", metadata={"format": "pt"})
         tokenizer_json, tokenizer_config = tokenizer_files(self.tokenizer.vocab, self.config.block_size)
         (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2), encoding="utf-8")
+        # transformers' generate(): stop at the context (max_length), and begin an empty prompt with the
+        # character our own generation begins it with (not a tokenizer bos_token, which decoding would drop)
+        start = {"bos_token_id": self.tokenizer.stoi[self.tokenizer.start_text], "max_length": self.config.block_size}
+        (out / "generation_config.json").write_text(json.dumps(start, indent=2), encoding="utf-8")
         follow_umask(out / "model.safetensors")  # safetensors writes it 0600
 
     @classmethod

@@ -2,12 +2,14 @@
 
     python sample_gpt2.py --model out --prompt "ROMEO:" --max-new-tokens 500
     python sample_gpt2.py --model ORG/NAME --temperature 0.8 --top-k 40 --seed 1 --num-samples 3
+    python sample_gpt2.py --timeline out                     # how it learned: its sample at each evaluation
     python sample_gpt2.py --help                             # every flag, with its default
 
 --model takes a folder written by train_gpt2.py or a Hugging Face Hub repo id. Each sample
 streams to stdout character by character, one after another (several are each followed by a
 line of dashes), so Ctrl-C keeps everything printed so far. The same --seed gives the same
-text, and the first of several samples is the text --num-samples 1 gives.
+text, and the first of several samples is the text --num-samples 1 gives. --timeline prints the model's
+timeline.jsonl instead (the same prompt sampled at step 0 and at each evaluation of its training: timeline.py).
 """
 
 import argparse
@@ -19,6 +21,7 @@ import torch
 from cli import add_flags, arg
 from machine import pick_device
 from model_gpt2 import check_sampling, load_model
+from timeline import NoTimeline, format_timeline, load_timeline
 
 
 @dataclass
@@ -36,12 +39,22 @@ class SampleConfig:
     device: str = arg("auto", "auto = cuda > mps > cpu")
 
 
-def parse_args(argv=None) -> SampleConfig:
+def parse_args(argv=None) -> tuple[SampleConfig, str | None]:
+    """The sampling settings, and the model whose timeline to print instead (None: sample)."""
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     add_flags(ap, SampleConfig)
-    return SampleConfig(**vars(ap.parse_args(argv)))
+    ap.add_argument(
+        "--timeline",
+        nargs="?",
+        const="",
+        metavar="MODEL",
+        help="print the timeline of MODEL (default: --model), a folder or Hub repo, instead of sampling",
+    )
+    args = vars(ap.parse_args(argv))
+    timeline = args.pop("timeline")
+    return SampleConfig(**args), (timeline or args["model"]) if timeline is not None else None
 
 
 def sample(cfg: SampleConfig) -> None:
@@ -67,10 +80,13 @@ def sample(cfg: SampleConfig) -> None:
 
 
 def main(argv=None) -> int:
-    cfg = parse_args(argv)
+    cfg, timeline_of = parse_args(argv)
     try:
-        sample(cfg)
-    except (ValueError, OSError) as e:  # bad flag, missing folder or repo, unknown characters
+        if timeline_of is not None:
+            print(format_timeline(load_timeline(timeline_of)))
+        else:
+            sample(cfg)
+    except (ValueError, OSError, NoTimeline) as e:  # bad flag, missing folder or repo, unknown characters
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the text printed so far stays: each character was flushed as it came

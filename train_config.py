@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from checkpoint import read_resume_meta
+from checkpoint import LOCK_FILE, read_resume_meta
 from cli import add_flags, arg
 from hub import HubError, check_repo_id, ready_to_upload
 from machine import ModelTooLargeError, check_fits
@@ -67,6 +67,10 @@ class TrainConfig:
     eval_iters: int = arg(20, "batches per split in each evaluation")
     log_interval: int = arg(10, "steps between log lines")
     sample_chars: int = arg(300, "characters of each sample printed at the end (0 = none)")
+    timeline_prompt: str = arg(
+        "ROMEO:", "timeline.jsonl: this prompt sampled at step 0 and every evaluation ('' = none; see timeline.py)"
+    )
+    timeline_chars: int = arg(200, "characters of each timeline sample")
     # system
     device: str = arg("auto", "auto = cuda > mps > cpu")
     dtype: str = arg("auto", "auto = bf16 on CUDA with compute capability >= 8, fp16 on older CUDA, fp32 otherwise")
@@ -202,7 +206,15 @@ def check_config(cfg: TrainConfig, world_size: int) -> None:
     for f in dataclasses.fields(TrainConfig):  # nan passes every comparison below, and inf breaks the schedule
         if f.type is float and not math.isfinite(getattr(cfg, f.name)):
             raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {getattr(cfg, f.name)}")
-    positive = ("batch_size", "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval")
+    positive = (
+        "batch_size",
+        "grad_accum_steps",
+        "max_iters",
+        "eval_interval",
+        "eval_iters",
+        "log_interval",
+        "timeline_chars",
+    )
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
@@ -265,7 +277,7 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
         return
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out-dir {out_dir} is a file; choose a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
+    if out_dir.is_dir() and any(p.name != LOCK_FILE for p in out_dir.iterdir()):
         if (out_dir / "resume.safetensors").exists() or (out_dir / "config.json").exists():
             raise ConfigError(
                 f"{out_dir} already holds a training run: pass --resume to continue it, or choose another --out-dir"

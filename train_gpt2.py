@@ -11,11 +11,11 @@ The out-dir holds the best-by-validation model in Hugging Face format (config.js
 model.safetensors, tokenizer.json, README.md: `GPT.from_pretrained(out_dir)`, app.py and
 transformers' `pipeline("text-generation", model=out_dir)` take the folder),
 resume.safetensors (the latest state: weights, optimizer, step, RNG, config), metrics.jsonl
-(one JSON object per log or eval line) and loss.png.
+(one JSON object per log or eval line), loss.png and timeline.jsonl (a sample at each evaluation: timeline.py).
 
 This file is the loop (train() reads as its outline) and main(); the pieces it calls live in their
 own modules: train_config.py (flags, presets, checks), batches.py, schedule.py (learning rate, time
-budget), run_log.py (metrics.jsonl, loss.png), stop_signals.py (Ctrl-C, SIGTERM), checkpoint.py.
+budget), run_log.py (metrics.jsonl, loss.png, timeline.jsonl), stop_signals.py (Ctrl-C, SIGTERM), checkpoint.py.
 """
 
 import dataclasses
@@ -36,6 +36,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from batches import batch_starts, estimate_loss, eval_batches, evaluate_split, make_batch
 from checkpoint import (
+    OutDirInUse,
+    divergence_message,
+    lock_out_dir,
     read_resume_meta,
     read_resume_state,
     restore_resume_state,
@@ -46,10 +49,10 @@ from checkpoint import (
 from data.prepare import DataError, load_meta, load_split
 from hub import HubError, push_model
 from machine import DeviceError, autocast_context, enable_tf32, hardware_name, pick_device, pick_dtype
-from model_files import DamagedFileError, readable_safetensors
+from model_files import WRITE_FAILURES, DamagedFileError, cannot_write, readable_safetensors
 from model_gpt2 import GPT, load_model
 from muon import build_optimizers
-from run_log import Logger, plot_losses, trim_metrics
+from run_log import Logger, Timeline, plot_losses, timeline_prompt, trim_logs
 from schedule import budget_factor, fit_to_budget, get_lr, lr_factor
 from stop_signals import Interrupted, all_agree, catch_stop_signals, resume_command
 from train_config import (
@@ -112,12 +115,14 @@ class Run:
     val_data: np.ndarray
     eval_batches: dict
     log: "Logger"
+    timeline: "Timeline"
     step: int = 0
     max_iters: int = 0  # --max-iters, or fewer to fit --max-seconds
     best_val: float = math.inf
     bad_steps: int = 0
     spent_before: float = 0.0  # training seconds of the run before a resume
     t_start: float = 0.0
+    evaluated: int = -1  # the last step evaluated (a resume state is saved at one)
 
     def seconds(self) -> float:
         return self.spent_before + time.perf_counter() - self.t_start
@@ -129,9 +134,19 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
     world = int(os.environ.get("WORLD_SIZE", 1)) if "RANK" in os.environ else 1
     check_config(cfg, world)
     meta, train_data, val_data = load_data(cfg)
-    resume = check_resume(cfg, meta)
-    machine = set_up_machine(cfg)
-    run = start_run(cfg, machine, meta, train_data, val_data, resume, progress)
+    master = int(os.environ.get("RANK", 0)) == 0
+    with lock_out_dir(Path(cfg.out_dir), enabled=master):  # a second run on this folder is refused
+        resume = check_resume(cfg, meta)
+        machine = set_up_machine(cfg)
+        run = start_run(cfg, machine, meta, train_data, val_data, resume, progress)
+        train_seconds = train_loop(run)
+        return finish(run, train_seconds)
+
+
+def train_loop(run: Run) -> float:
+    """Steps, evaluations and checkpoints until the last step, a time budget or a stop signal; returns
+    the seconds spent training."""
+    cfg, machine = run.trainer.cfg, run.trainer.machine
     signals, restore_signals = catch_stop_signals()
     try:
         while run.step < run.max_iters:
@@ -147,13 +162,15 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict:
                     evaluate_and_save(run)
             if run.step < run.max_iters and all_agree(bool(signals), machine.ddp, machine.device):
                 stop_at(run, finite, signals[0] if signals else signal.SIGTERM)
-        train_seconds = run.seconds() - run.spent_before
+        if run.evaluated != run.step:  # the time budget ran out between evaluations: the last step is scored too
+            with run.log.paused():
+                evaluate_and_save(run)
+        return run.seconds() - run.spent_before
     finally:
         restore_signals()
         run.log.close()
         if machine.ddp:
             dist.destroy_process_group()
-    return finish(run, train_seconds)
 
 
 def load_data(cfg: TrainConfig):
@@ -166,6 +183,7 @@ def load_data(cfg: TrainConfig):
                 f"the {name} split has {len(data)} tokens, too few for --block-size {cfg.block_size}; "
                 "use a smaller --block-size or a longer text"
             )
+    timeline_prompt(cfg.timeline_prompt, meta["vocab"])  # its characters are the data's (or it is refused)
     return meta, train_data, val_data
 
 
@@ -250,12 +268,14 @@ def start_run(cfg, machine: Machine, meta: dict, train_data, val_data, resume, p
         val_data,
         eval_batches(cfg, train_data, val_data, machine.device),
         log=None,
+        timeline=Timeline(cfg, meta["vocab"], out_dir, machine.master),
         max_iters=cfg.max_iters,
     )
     if resume is not None:
         saved_meta, tensors = resume
         restore_resume_state(tensors, saved_meta, trainer.model, trainer.optimizers, trainer.scaler)
         run.step, run.best_val = saved_meta["step"], saved_meta["best_val_loss"]
+        run.evaluated = run.step
         if not readable_safetensors(out_dir / "model.safetensors"):  # lost or damaged: the next evaluation rewrites it
             run.best_val = math.inf
         if cfg.max_seconds > 0:
@@ -271,9 +291,12 @@ def start_run(cfg, machine: Machine, meta: dict, train_data, val_data, resume, p
     if machine.master:
         out_dir.mkdir(parents=True, exist_ok=True)
         if resume is not None:
-            trim_metrics(out_dir / "metrics.jsonl", run.step)
+            trim_logs(out_dir, run.step)  # metrics.jsonl and timeline.jsonl
         print_header(run, resume[0] if resume else None)
     trainer.forward.train()
+    with run.log.paused():  # step 0's sample for timeline.jsonl: in the time budget, not in the pace of a step
+        spent = run.timeline.record_start(trainer.model, run.step, run.eval_batches, machine.autocast)
+    run.spent_before += 0.0 if machine.ddp else spent  # (under torchrun the others wait for it: their clocks count it)
     run.t_start = time.perf_counter()
     return run
 
@@ -382,6 +405,7 @@ def check_finite(run: Run, loss: torch.Tensor, finite: bool) -> None:
 def evaluate_and_save(run: Run) -> None:
     """Loss on the fixed batches; the model when validation improved; the resume state when finite."""
     t, m = run.trainer, run.trainer.machine
+    run.evaluated = run.step
     losses = {name: estimate_loss(t.model, batches, m.autocast) for name, batches in run.eval_batches.items()}
     improved = losses["val"] < run.best_val  # never "improves" on a nan
     if improved:
@@ -389,6 +413,7 @@ def evaluate_and_save(run: Run) -> None:
         t.model.train_info = train_info(run, losses)
     finite = math.isfinite(losses["val"]) and math.isfinite(losses["train"])
     if m.master:
+        run.timeline.record(t.model, run.step, run.seconds(), losses)  # before the resume state: no step lost
         if improved:
             save_best_model(t.model, run.out_dir)
         if finite:  # non-finite losses mean broken weights: keep the last good state to resume from
@@ -488,23 +513,6 @@ def finish(run: Run, train_seconds: float) -> dict:
     return summary
 
 
-def divergence_message(out_dir: Path, step: int, bad_steps: int) -> str:
-    """What a diverged run left in out_dir, read from the folder itself, and how to go on."""
-    msg = f"{bad_steps} non-finite losses in a row at step {step}: training diverged. "
-    fix = "lower --learning-rate (or --grad-clip)"
-    resume = out_dir / "resume.safetensors"
-    if not resume.is_file():
-        return msg + (
-            f"No evaluation finished before, so no model was saved in {out_dir}: {fix} and start again "
-            f"with another --out-dir (or after deleting {out_dir})."
-        )
-    saved = read_resume_meta(resume)
-    if (out_dir / "model.safetensors").is_file():
-        msg += f"The best model (val loss {saved['best_val_loss']:.4f}) is intact in {out_dir}. "
-    command = f"python train_gpt2.py --out-dir {out_dir} --resume --learning-rate LR"
-    return msg + f"resume.safetensors holds the last good state (step {saved['step']}): {fix}, then `{command}`."
-
-
 def clip_and_step(model, optimizers, scaler, grad_clip: float):
     """Unscale, clip, step, zero; returns the true (unscaled) gradient norm before clipping (None if off).
     optimizers: one optimizer or a list (AdamW and Muon), stepped together.
@@ -569,9 +577,14 @@ def main(argv=None) -> int:
     try:
         cfg = parse_args(argv)
         train(cfg)
-    except (ConfigError, DataError, DeviceError, DamagedFileError) as e:
+    except (ConfigError, DataError, DeviceError, DamagedFileError, OutDirInUse) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in WRITE_FAILURES:
+            raise
+        print(f"error: {cannot_write(e)}. Each file written before is whole.", file=sys.stderr)
+        return 1
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,5 +1,6 @@
 """Generation speed: model.stream() with its KV cache against nanoGPT's full recompute, and what one cached
-token costs beside the floor under it (reading every weight once). bench.py and benchmarks/browser.py use these.
+token costs beside the floor under it (reading every weight once), with PyTorch and with ONNX Runtime (the app's
+two decode backends, decoders.py). bench.py and benchmarks/browser.py use these.
 """
 
 import statistics
@@ -44,6 +45,34 @@ def decode_costs(model: GPT, device) -> dict:
     }
 
 
+def decoder_step_ms(model: GPT, rows: int = 16) -> dict:
+    """The app's decode loop, one step: ms for one request alone and for `rows` at once, with each backend in turns
+    (best of 3, as app.py --backend auto times them), on a CPU. ONNX Runtime's figures need onnx and onnxruntime."""
+    import tempfile
+    from pathlib import Path
+
+    from decoders import OnnxDecoder, TorchDecoder, time_decoder
+    from export_onnx import export_standard
+
+    decoders = {"torch": TorchDecoder(model, rows)}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            graph = export_standard(model, Path(tmp) / "model.onnx")
+            decoders["onnx"] = OnnxDecoder(graph, model, rows, torch.get_num_threads())
+        except ImportError:  # no onnx or onnxruntime here: PyTorch's figures only
+            pass
+        best = {}
+        for _ in range(3):
+            for name, decoder in decoders.items():
+                (one, many), _ = time_decoder(decoder, model.config, rows, steps=20)
+                old = best.get(name, (float("inf"), float("inf")))
+                best[name] = (min(one, old[0]), min(many, old[1]))
+    return {
+        f"{name}_decode_ms": {"1_row": round(one, 3), f"{rows}_rows": round(many, 3)}
+        for name, (one, many) in best.items()
+    }
+
+
 def bench_generation(device, vocab, quick) -> dict:
     """KV-cached model.stream() against nanoGPT's full recompute, on random weights (speed does not depend on them)."""
     cpu_arch = {k: PRESETS["cpu"][k] for k in SHAKESPEARE_CHAR}
@@ -59,6 +88,7 @@ def bench_generation(device, vocab, quick) -> dict:
             "prompt_len": prompt.size(1),
             "first_token_ms": round(1000 * statistics.median(first), 2),
             **decode_costs(model, device),
+            **(decoder_step_ms(model) if str(device) == "cpu" else {}),
         }
         for n in (100,) if quick else (100, 500):
             cached = timed(device, list, model.stream(prompt, n, seed=0))

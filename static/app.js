@@ -1,6 +1,21 @@
-// The static Space's page: loads config.json and onnx/model.onnx from the model's files, then
-// generates one character per ONNX Runtime Web call, with the same rules as app.py and
-// model_gpt2.GPT.stream (KV cache, sliding window past the context, sampling).
+// The static Space's page: loads config.json and onnx/model.onnx (the standard GPT-2 graph of export_onnx.py, with
+// the weights) from the model's files, then generates one character per ONNX Runtime Web call of onnx/step.onnx (the
+// page's own decode step: a few tens of KB, its weights read from model.onnx's bytes), with the same rules as app.py
+// and model_gpt2.GPT.stream (KV cache, sliding window past the context, sampling). step.onnx takes the cache as one
+// buffer, positions outermost, and returns only the new positions' keys and values: the standard graph's
+// present.* outputs (the whole cache, out of WebAssembly's memory at every step) made generating 1.5-2x slower.
+//
+// What this page offers other scripts (the "Inside the model" views):
+//   window.gptPage = { ready: Promise<{ort, session, config, vocab, stoi, modelBytes, baseUrl}> }
+//     ort         ONNX Runtime Web (the global the page loaded)      session  the InferenceSession on step.onnx
+//     config      config.json as read                                 vocab    the characters, by id (an Array)
+//     stoi        Map character -> id                                 baseUrl  the model folder's URL, ending in /
+//     modelBytes  an ArrayBuffer of onnx/model.onnx: explain.onnx's (and step.onnx's) weights point into it, so a
+//                 view opens explain.onnx without downloading the weights a second time:
+//                   ort.InferenceSession.create(explainBytes,
+//                     {externalData: [{path: "model.onnx", data: new Uint8Array(modelBytes)}]})
+//   ready rejects when the model does not load. After each generation that completes, the page dispatches
+//   document.dispatchEvent(new CustomEvent("gpt:generated", {detail: {text /* prompt + generated */}})).
 "use strict";
 
 const ORT_DIST = "https://cdn.jsdelivr.net/npm/onnxruntime-web@1.30.0/dist/";
@@ -43,6 +58,9 @@ try {
 
 let model = null; // {session, vocab, stoi, block, layers, heads, headDim}
 window.lastRun = null; // {chars, seconds, firstMs}: read by the benchmark
+let pageReady;
+window.gptPage = { ready: new Promise((resolve, reject) => { pageReady = { resolve, reject }; }) };
+window.gptPage.ready.catch(() => {}); // a page without views: a failed load is shown on the page, not thrown again
 
 // ---------------------------------------------------------------------------- the model's facts
 
@@ -133,6 +151,12 @@ async function load() {
     if (!Number.isInteger(value) || value < 1) throw new Error(`config.json's ${key} is not a positive integer: ${JSON.stringify(value)}`);
   showFacts(c, block);
   const vocab = Array.from(c.vocab);
+  const stepBytes = fetch(MODEL_URL + "onnx/step.onnx").then(async (r) => {
+    if (!r.ok) throw new Error(`${MODEL_URL}onnx/step.onnx answered HTTP ${r.status} (a repo pushed before the page ` +
+      "had its own decode step: push the model again with hub.py)");
+    return new Uint8Array(await r.arrayBuffer());
+  });
+  stepBytes.catch(() => {}); // awaited below, after model.onnx: a failure is thrown there
   const bytes = await fetchWithProgress(MODEL_URL + "onnx/model.onnx", (got, total) => {
     $("status").textContent = `Downloading the model: ${(got / 1e6).toFixed(1)}` +
       (total ? ` of ${(total / 1e6).toFixed(1)} MB (${Math.round((100 * got) / total)}%)` : " MB");
@@ -144,11 +168,17 @@ async function load() {
   // Runtime takes half the cores (at most 4): on 2 busy cores a second thread made decoding slower (bench.py --browser)
   if (params.get("threads")) ort.env.wasm.numThreads = Number(params.get("threads"));
   if (!self.crossOriginIsolated) ort.env.wasm.numThreads = 1;
-  const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+  // step.onnx's weights are external data at their offsets in model.onnx: the bytes downloaded above, not fetched again
+  const session = await ort.InferenceSession.create(await stepBytes, {
+    executionProviders: ["wasm"], graphOptimizationLevel: "all", externalData: [{ path: "model.onnx", data: bytes }],
+  });
   model = {
     session, vocab, block, stoi: new Map(vocab.map((ch, i) => [ch, i])),
     layers: c.n_layer, heads: c.n_head, headDim: c.n_embd / c.n_head,
   };
+  pageReady.resolve({
+    ort, session, config: c, vocab, stoi: model.stoi, modelBytes: bytes.buffer, baseUrl: new URL(MODEL_URL, location.href).href,
+  });
   $("progress").hidden = true;
   $("status").textContent = `Ready: loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s, ` +
     `${ort.env.wasm.numThreads} thread${ort.env.wasm.numThreads > 1 ? "s" : ""}.`;
@@ -157,26 +187,26 @@ async function load() {
 
 // ---------------------------------------------------------------------------- generation
 
-// One preallocated cache per run: positions first, so the first P positions are a prefix of the buffer.
+// One preallocated cache per run: positions first, so the first P positions are a prefix of the buffer, passed to
+// step.onnx as a view (no copy here, no growing concatenation), and each call's new positions are written after them.
 function newCache(m) {
   const stride = m.layers * m.heads * m.headDim;
   return { stride, P: 0, key: new Float32Array(m.block * stride), value: new Float32Array(m.block * stride) };
 }
 
-// Feed `ids` after the cached positions; return the logits after the last one.
+// Feed `ids` at positions P, P+1, ... after the cached ones; return the logits after the last one.
 async function step(m, cache, ids) {
-  const dims = [cache.P, m.layers, m.heads, m.headDim];
-  const n = cache.P * cache.stride;
+  const T = ids.length, n = cache.P * cache.stride, dims = [cache.P, m.layers, m.heads, m.headDim];
   const out = await m.session.run({
-    input_ids: new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [1, ids.length]),
+    input_ids: new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [1, T]),
     past_key: new ort.Tensor("float32", cache.key.subarray(0, n), dims),
     past_value: new ort.Tensor("float32", cache.value.subarray(0, n), dims),
   });
-  cache.key.set(out.present_key.data, n);
+  cache.key.set(out.present_key.data, n); // (T, layers, heads, headDim): the new positions only
   cache.value.set(out.present_value.data, n);
-  cache.P += ids.length;
+  cache.P += T;
   const V = m.vocab.length;
-  return out.logits.data.subarray((ids.length - 1) * V, ids.length * V);
+  return out.logits.data.subarray((T - 1) * V, T * V);
 }
 
 function argmax(x) {
@@ -213,7 +243,7 @@ async function* stream(m, ids, n, temperature, topN) {
     if (i === n - 1) break;
     context.push(next);
     if (context.length > m.block) {
-      context = context.slice(-(m.block - shift));
+      context = context.slice(-Math.max(1, m.block - shift)); // a block of 1 keeps its one character
       cache = newCache(m);
       logits = await step(m, cache, context);
     } else {
@@ -270,7 +300,7 @@ async function generate() {
   $("output").textContent = text;
   $("stats").textContent = "";
   const t0 = performance.now();
-  let firstMs = null, made = 0, painted = t0;
+  let firstMs = null, made = 0, painted = t0, failed = false;
   try {
     for await (const ch of stream(m, Array.from(text, (c) => m.stoi.get(c)), settings.maxTokens, settings.temperature, settings.topN)) {
       text += ch;
@@ -284,6 +314,7 @@ async function generate() {
     }
   } catch (e) {
     show("error", `Generation failed: ${e.message}`);
+    failed = true;
   }
   const seconds = (performance.now() - t0) / 1000;
   $("output").textContent = text;
@@ -291,6 +322,7 @@ async function generate() {
   $("stats").textContent = `${made} characters in ${seconds.toFixed(2)} s (${Math.round(made / seconds)} characters/s); ` +
     `first character after ${Math.round(firstMs)} ms`;
   $("generate").disabled = false;
+  if (!failed) document.dispatchEvent(new CustomEvent("gpt:generated", { detail: { text } }));
   document.body.dataset.state = "done";
 }
 
@@ -310,8 +342,10 @@ if (REFUSED) {
   $("facts").textContent = "";
   show("error", REFUSED);
   $("status").textContent = "Not loaded.";
+  pageReady.reject(new Error(REFUSED));
 } else {
   load().catch((e) => {
+    pageReady.reject(e);
     $("progress").hidden = true;
     show("error", `Could not load the model from ${SOURCE.url}: ${e.message}`);
     $("status").textContent = "Not loaded.";

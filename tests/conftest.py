@@ -1,7 +1,6 @@
 """Shared fixtures. No test needs the network or a GPU. Shared helpers (not fixtures) are in helpers.py.
 
-Tiny Shakespeare is read from data/input.txt (where .ci/run and the README put it) or from
-../shared/data/tinyshakespeare/input.txt beside the checkout.
+Tiny Shakespeare is read from data/input.txt (where `python data/prepare.py` puts it).
 """
 
 import os
@@ -21,18 +20,12 @@ from helpers import ROOT, make_tiny_model, require  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-SHAKESPEARE_CANDIDATES = [
-    ROOT / "data" / "input.txt",
-    ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt",
-]
-
 
 @pytest.fixture(scope="session")
 def shakespeare_path() -> Path:
-    for p in SHAKESPEARE_CANDIDATES:
-        if p.is_file():
-            return p
-    require(False, "tiny Shakespeare not found: put it at data/input.txt")
+    path = ROOT / "data" / "input.txt"
+    require(path.is_file(), "tiny Shakespeare not found: run `python data/prepare.py` (it downloads data/input.txt)")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,17 @@ the loop's own process, and what happens when it dies."""
 
 import itertools
 import os
+import re
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
-from helpers import make_tiny_model
+from helpers import ROOT, free_port, make_tiny_model
 
-from engine import Batcher, Engine, EngineBusy, EngineStopped, decode_rows
+from decoders import TorchDecoder, decode_rows
+from engine import Batcher, Engine, EngineBusy, EngineStopped
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +76,7 @@ def test_requests_join_the_running_batch(model):
 @torch.inference_mode()
 def test_decode_rows_matches_decode_step_row_by_row(model):
     """Rows at positions 3, 17 and 9: each attends to its own prefix only."""
-    loop = Batcher(model, slots=3)  # only its cache and its transposed weights are used here
+    loop = TorchDecoder(model, slots=3)  # only its cache and its transposed weights are used here
     ids = [torch.randint(0, 65, (1, n)) for n in (3, 17, 9)]
     alone = []
     for row, x in enumerate(ids):
@@ -141,7 +145,7 @@ def test_bad_settings_are_refused_by_name(model):
 
 def test_the_cache_is_preallocated_for_every_slot(model):
     c = model.config
-    loop = Batcher(model, slots=5)
+    loop = TorchDecoder(model, slots=5)
     assert loop.k.shape == loop.v.shape == (c.n_layer, 5, c.n_head, c.block_size, c.n_embd // c.n_head)
 
 
@@ -249,7 +253,7 @@ def test_a_request_whose_sampling_fails_ends_alone_and_the_others_keep_their_tex
     ids = model.tokenizer.encode("ROMEO:")
     good = [Row(i, ids, 1500, 0.8, None, None, i) for i in range(3)]
     bad = Row(3, ids, 1500, temperature, None, top_p, 7)
-    results = run_batcher(Batcher(model, slots=4), good, join_late=[bad])
+    results = run_batcher(Batcher(TorchDecoder(model, 4)), good, join_late=[bad])
     for i in range(3):
         tokens, error = results[i]
         assert error is None, error
@@ -265,16 +269,16 @@ def test_a_request_whose_sampling_fails_ends_alone_and_the_others_keep_their_tex
 def test_a_failing_batched_step_decodes_each_row_alone_and_loses_no_one(model, monkeypatch):
     """When the batched decode step itself fails, each row takes its step alone: a row that fails alone
     ends with its error, every other row goes on with the text it gets alone."""
-    import engine
+    import decoders
     from engine import Row
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(engine, "decode_rows", broken)
+    monkeypatch.setattr(decoders, "decode_rows", broken)
     ids = model.tokenizer.encode("KING:")
     rows = [Row(i, ids, 100, (0, 0.9)[i % 2], None, None, i) for i in range(4)]
-    results = run_batcher(Batcher(model, slots=4), rows)
+    results = run_batcher(Batcher(TorchDecoder(model, 4)), rows)
     for i in range(4):
         tokens, error = results[i]
         assert error is None, error
@@ -288,3 +292,166 @@ def test_a_loop_that_cannot_hold_its_cache_fails_at_start_saying_why(model):
     with the reason, instead of an engine that answers every request "restart"."""
     with pytest.raises(RuntimeError, match="could not load the model and its KV cache: .*can't allocate memory"):
         Engine(model, slots=10**9)
+
+
+# ---------------------------------------------------------------------------- the ONNX Runtime backend
+
+
+@pytest.fixture(scope="module")
+def onnx_file(model, tmp_path_factory):
+    """The model's standard graph (export_onnx.py), which the onnx backend runs."""
+    pytest.importorskip("onnxruntime")
+    from export_onnx import export_standard
+
+    return export_standard(model, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+@torch.inference_mode()
+def test_onnx_decoder_logits_equal_torch_single_and_batched(model, onnx_file):
+    """The same calls to both decoders: rows prefilled at different lengths, batched steps, a step alone, a row
+    re-prefilled after a slide while the others decode, a row leaving and one joining; logits within 1e-4."""
+    from decoders import OnnxDecoder
+
+    decoders = TorchDecoder(model, slots=4), OnnxDecoder(onnx_file, model, slots=4, threads=1)
+    g, block, gaps = torch.Generator().manual_seed(0), model.config.block_size, []
+
+    def both(call):
+        torch_logits, onnx_logits = (call(d) for d in decoders)
+        assert torch_logits.shape == onnx_logits.shape
+        gaps.append(float((torch_logits - onnx_logits).abs().max()))
+
+    def ids(n):
+        return torch.randint(0, model.config.vocab_size, (n,), generator=g).tolist()
+
+    pos = {0: 3, 1: 17, 2: 9}  # rows at different positions
+    for rid, n in pos.items():
+        both(lambda d, rid=rid, x=ids(n): d.prefill(rid, x))
+    for step in range(60):
+        full = [r for r in pos if pos[r] == block]
+        for rid in full:  # a full window: slide and re-prefill, as the engine does
+            both(lambda d, rid=rid, x=ids(block - block // 4): d.prefill(rid, x))
+            pos[rid] = block - block // 4
+        rids = [r for r in pos if r not in full]  # its neighbours decode in the step where it is re-prefilled
+        if step == 5:
+            rids = rids[1:2]  # one row alone while the others wait
+        if rids:
+            both(lambda d, rids=rids, x=ids(len(rids)): d.decode(rids, x))
+        for rid in rids:
+            pos[rid] += 1
+        if step == 12:
+            for d in decoders:
+                d.drop(0)
+            del pos[0]
+        if step == 18:  # joins the running batch
+            both(lambda d, x=ids(5): d.prefill(9, x))
+            pos[9] = 5
+    assert len(gaps) > 50 and max(gaps) < 1e-4, max(gaps)
+
+
+@pytest.mark.parametrize("process", [True, False])
+def test_onnx_backend_texts_equal_generate_text_alone_and_batched(model, onnx_file, process):
+    """Greedy and seeded texts from ONNX Runtime are the texts of generate_text (PyTorch), one request alone
+    and 16 at once past the context: the sampling is the engine's own, whichever backend computes the logits."""
+    engine = Engine(model, slots=16, process=process, backend="onnx", onnx_file=onnx_file)
+    assert engine.decoding == "decoding with ONNX Runtime (--backend onnx)"
+    for sampling in SETTINGS[:4]:
+        assert run(engine, model, "ROMEO:", 100, **sampling) == model.generate_text("ROMEO:", 100, **sampling)
+    prompts = [("ROMEO:", "KING:\n", "To be, or not")[i % 3] * (1 + i % 4) for i in range(16)]
+    lengths = [40 + 11 * i for i in range(16)]
+    reqs = [engine.submit(model.tokenizer.encode(p), n, **s) for p, n, s in zip(prompts, lengths, SETTINGS)]
+    for p, n, s, r in zip(prompts, lengths, SETTINGS, reqs):
+        assert p + model.tokenizer.decode(r.result(timeout=60)) == model.generate_text(p, n, **s)
+    engine.close()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_cancel_frees_the_slot_with_either_backend(model, onnx_file, backend):
+    engine = Engine(model, slots=2, max_waiting=0, backend=backend, onnx_file=onnx_file)
+    ids = model.tokenizer.encode("ROMEO:")
+    endless = [engine.submit(ids, 10**6, temperature=0.8, seed=i) for i in range(2)]
+    while not all(r.tokens for r in endless):
+        time.sleep(0.001)
+    with pytest.raises(EngineBusy):
+        engine.submit(ids, 10)
+    endless[0].cancel()
+    endless[0].result(timeout=10)
+    assert run(engine, model, "ROMEO:", 40, temperature=0) == model.generate_text("ROMEO:", 40, temperature=0)
+    endless[1].cancel()
+    engine.close()
+
+
+def test_a_killed_onnx_loop_fails_its_requests_with_the_clear_error(model, onnx_file):
+    engine = Engine(model, slots=1, max_waiting=1, backend="onnx", onnx_file=onnx_file)
+    ids = model.tokenizer.encode("ROMEO:")
+    running, waiting = engine.submit(ids, 10**6), engine.submit(ids, 10)
+    while not running.tokens:
+        time.sleep(0.001)
+    engine.process.kill()
+    for req in (running, waiting):
+        with pytest.raises(EngineStopped, match=r"the decode loop has stopped \(exit code -9\); restart the app"):
+            req.result(timeout=30)
+
+
+def test_auto_times_both_keeps_the_faster_and_says_so(model, onnx_file, capfd):
+    engine = Engine(model, slots=4, backend="auto", onnx_file=onnx_file)
+    line = (
+        r"decoding with (PyTorch|ONNX Runtime), the faster here \(one text [\d.]+ ms/step with PyTorch, [\d.]+ with "
+        r"ONNX Runtime; 4 at once [\d.]+ and [\d.]+ ms/step\)"
+    )
+    assert re.fullmatch(line, engine.decoding), engine.decoding
+    assert run(engine, model, "ROMEO:", 50, temperature=0) == model.generate_text("ROMEO:", 50, temperature=0)
+    engine.close()
+    assert f"engine: {engine.decoding}" in capfd.readouterr().err  # the worker's log line at start
+    without = Engine(model, slots=2, process=False, backend="auto", onnx_file=None, no_graph="no onnx/model.onnx")
+    assert without.decoding == "decoding with PyTorch (no onnx/model.onnx)"
+
+
+def test_the_onnx_backend_without_onnxruntime_is_a_clear_error(model, onnx_file, monkeypatch):
+    """--backend onnx where onnxruntime is not installed: one sentence naming the pip command; auto decodes
+    with PyTorch and says why."""
+    from decoders import ORT_VERSION, OnnxRuntimeMissing, choose_decoder
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    with pytest.raises(OnnxRuntimeMissing, match=rf"not installed here .*: pip install onnxruntime=={ORT_VERSION}$"):
+        choose_decoder(model, 2, onnx_file, backend="onnx")
+    decoder, why = choose_decoder(model, 2, onnx_file, backend="auto")
+    assert decoder.name == "torch" and f"pip install onnxruntime=={ORT_VERSION}" in why
+    requirements = (ROOT / "requirements.txt").read_text()
+    assert f"onnxruntime=={ORT_VERSION}" in requirements.split()  # the version the message names is the app's
+
+
+def test_app_backend_onnx_without_onnxruntime_exits_with_one_line(tmp_path, model):
+    """`python app.py --backend onnx` where `import onnxruntime` fails: one line, no traceback, before any start."""
+    model.save_pretrained(tmp_path / "m")
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "onnxruntime.py").write_text("raise ImportError('No module named onnxruntime')\n")
+    env = {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{ROOT}"}
+    cmd = [sys.executable, "app.py", "--model", str(tmp_path / "m"), "--backend", "onnx", "--port", str(free_port())]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "pip install onnxruntime==" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_model_with_a_context_of_one_exports_and_generates_with_either_backend(tmp_path, shakespeare_vocab):
+    """A model trained with --block-size 1 writes with GPT.stream (each character re-prefilled alone): the engine,
+    with either backend, writes its very texts, batched too, and `hub.py export-onnx` exports it (it raised an
+    AssertionError; in the app a 2-token request failed and took a batched 1-token request with it)."""
+    folder = tmp_path / "b1"
+    tiny = make_tiny_model(shakespeare_vocab, seed=2, block_size=1).eval()
+    tiny.save_pretrained(folder)
+    proc = subprocess.run(
+        [sys.executable, "hub.py", "export-onnx", str(folder)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "wrote" in proc.stdout, proc.stderr
+    for backend in ("torch", "onnx"):
+        engine = Engine(tiny, slots=4, process=False, backend=backend, onnx_file=folder / "onnx" / "model.onnx")
+        reqs = [
+            (p, n, engine.submit(tiny.tokenizer.encode(p), n, temperature=0.9, seed=n))
+            for p, n in [("RO", 30), ("K", 1)]
+        ]
+        for p, n, req in reqs:
+            assert p + tiny.tokenizer.decode(req.result(timeout=60)) == tiny.generate_text(
+                p, n, temperature=0.9, seed=n
+            )
+        engine.close()

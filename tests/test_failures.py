@@ -186,8 +186,10 @@ def test_beta_out_of_range_is_refused(prepared_data, tmp_path, capsys):
 def test_divergence_before_any_evaluation_says_nothing_was_saved(prepared_data, tmp_path, monkeypatch):
     """Every loss non-finite from the start: the message must not promise a model that does not exist."""
     out = tmp_path / "out"
-    cfg = config_from_preset(None, data_dir=str(prepared_data), out_dir=str(out), **TINY, max_iters=50)
-    forward = GPT.forward
+    cfg = config_from_preset(
+        None, data_dir=str(prepared_data), out_dir=str(out), **TINY, max_iters=50, timeline_prompt=""
+    )
+    forward = GPT.forward  # (the stand-in below computes losses only: no timeline, which generates)
     monkeypatch.setattr(
         GPT,
         "forward",
@@ -195,7 +197,7 @@ def test_divergence_before_any_evaluation_says_nothing_was_saved(prepared_data, 
     )
     with pytest.warns(UserWarning), pytest.raises(FloatingPointError) as e:
         tg.train(cfg, progress=False)
-    assert not {"model.safetensors", "resume.safetensors"} & {p.name for p in out.iterdir()}
+    assert not {"model.safetensors", "resume.safetensors"} & {p.name for p in out.glob("*")}
     assert f"No evaluation finished before, so no model was saved in {out}: lower --learning-rate" in str(e.value)
     assert "intact" not in str(e.value) and "--resume" not in str(e.value)
 
@@ -394,3 +396,168 @@ def test_weights_files_follow_the_umask(prepared_data, tmp_path, shakespeare_voc
         os.umask(old)
     files = [tmp_path / "model" / "model.safetensors", *sorted((tmp_path / "run").iterdir())]
     assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: oct(0o666 & ~umask) for f in files}
+
+
+# ---------------------------------------------------------------- 5. one folder, one run; full disks, read-only folders
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_out_dir_is_refused_naming_the_first(prepared_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "train_gpt2.py",
+            f"--data-dir={prepared_data}",
+            f"--out-dir={out}",
+            *TINY_FLAGS,
+            "--max-iters=100000",
+            "--eval-interval=5",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_step(out, 5, first)
+        while not (out / "resume.safetensors").exists() and first.poll() is None:
+            time.sleep(0.01)
+        lines_before = (out / "metrics.jsonl").read_text().splitlines()
+        for resume in ([], ["--resume"]):
+            result = main_in_process(capsys, f"--data-dir={prepared_data}", f"--out-dir={out}", *TINY_FLAGS, *resume)
+            assert result.returncode == 2
+            assert f"in use by another training run (process {first.pid}" in result.stderr, result.stderr
+            assert "Traceback" not in result.stderr
+        assert first.poll() is None  # the first run goes on, its log only its own
+        steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert steps == sorted(steps) and len(steps) >= len(lines_before)
+    finally:
+        first.kill()
+        first.wait()
+    # the OS dropped the killed run's lock: its folder resumes
+    assert (
+        run_train(
+            f"--data-dir={prepared_data}", f"--out-dir={out}", *TINY_FLAGS, "--resume", "--max-iters=10"
+        ).returncode
+        == 0
+    )
+
+
+def limit_file_size(size: int):
+    def apply():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return apply
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(prepared_data, tmp_path):
+    """A file-size limit (RLIMIT_FSIZE) is the real write failure a full disk gives, on any machine: the
+    write fails with EFBIG where a full disk fails with ENOSPC, at the same calls."""
+    out = tmp_path / "out"
+    proc = run_train(
+        f"--data-dir={prepared_data}",
+        f"--out-dir={out}",
+        *TINY_FLAGS,
+        "--max-iters=10",
+        "--eval-interval=5",
+        check=False,
+        preexec_fn=limit_file_size(60_000),  # metrics.jsonl fits; the weights (~110 KB) do not
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "cannot write" in proc.stderr and "free some space" in proc.stderr
+    left = [p.name for p in out.rglob("*") if p.name.startswith(".tmp") or p.suffix == ".tmp"]
+    assert left == [] and not (out / "model.safetensors").exists()
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Make a folder unwritable: chattr +i as root (root ignores permission bits), chmod 555 otherwise."""
+    made = []
+
+    def make(folder: Path) -> Path:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "+i", str(folder)], check=False, capture_output=True)
+        else:
+            folder.chmod(0o555)
+        made.append(folder)
+        try:
+            (folder / "probe").touch()
+        except OSError:
+            return folder
+        (folder / "probe").unlink()
+        pytest.skip("cannot make a read-only folder here (chattr +i needs CAP_LINUX_IMMUTABLE)")
+
+    yield make
+    for folder in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=False, capture_output=True)
+        else:
+            folder.chmod(0o755)
+
+
+@pytest.mark.slow
+def test_a_read_only_folder_is_one_line_for_train_convert_and_export(prepared_data, run_copy, tmp_path, read_only):
+    parent = read_only(tmp_path / "ro_parent") if (tmp_path / "ro_parent").mkdir() is None else None
+    checks = [
+        run_train(f"--data-dir={prepared_data}", f"--out-dir={parent / 'out'}", *TINY_FLAGS, check=False),
+    ]
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    read_only(run_copy)
+    checks += [
+        run_train(
+            f"--data-dir={prepared_data}",
+            f"--out-dir={run_copy}",
+            *TINY_FLAGS,
+            "--resume",
+            "--max-iters=30",
+            check=False,
+        ),
+        subprocess.run([sys.executable, "hub.py", "convert", str(run_copy)], cwd=ROOT, capture_output=True, text=True),
+        subprocess.run(
+            [sys.executable, "hub.py", "export-onnx", str(run_copy)], cwd=ROOT, capture_output=True, text=True
+        ),
+    ]
+    for proc in checks:
+        assert proc.returncode in (1, 2), proc.stderr
+        assert "Traceback" not in proc.stderr and "choose a folder you can write to" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # nothing that was there is lost (the resumed run may have appended to its log, and then stopped)
+    assert {n: b for n, b in before.items() if n not in ("metrics.jsonl", "resume.safetensors", LOCK)} == {
+        p.name: p.read_bytes()
+        for p in run_copy.iterdir()
+        if p.is_file() and p.name in before and p.name not in ("metrics.jsonl", "resume.safetensors", LOCK)
+    }
+    assert read_weights(run_copy / "model.safetensors")
+
+
+LOCK = ".lock"
+
+
+def test_a_model_with_a_context_of_one_character_trains_and_generates(prepared_data, tmp_path):
+    tg.train(
+        config_from_preset(
+            None,
+            data_dir=str(prepared_data),
+            out_dir=str(tmp_path / "out"),
+            **(TINY | {"block_size": 1, "sample_chars": 20}),
+            max_iters=4,
+            eval_interval=2,
+        ),
+        progress=False,
+    )
+    model = load_model(tmp_path / "out")
+    assert len(model.generate_text("RO", 30, temperature=0.8, seed=0)) == 32
+
+
+@pytest.mark.parametrize("repo_id", ["org/name.git", "org/..", "org/--x", "org/" + "x" * 200])
+def test_a_repo_id_the_hub_refuses_is_refused_before_training(prepared_data, tmp_path, capsys, repo_id):
+    out = tmp_path / "out"
+    result = main_in_process(
+        capsys, f"--data-dir={prepared_data}", f"--out-dir={out}", *TINY_FLAGS, f"--push-to-hub={repo_id}"
+    )
+    assert result.returncode == 2 and "--push-to-hub" in result.stderr, result.stderr
+    assert not out.exists()  # refused before any work

@@ -26,7 +26,8 @@ from huggingface_hub.errors import HfHubHTTPError
 from olah_server import INSTALL_HINT, find_olah_cli, olah_server
 
 import hub
-from hub import HubError, deploy_space, push_model, render_model_card
+from hub import HubError, deploy_space, push_model
+from model_card import render_model_card, table_cell
 from model_gpt2 import load_model
 
 REPO = "testorg/tiny-gpt"
@@ -276,10 +277,12 @@ def test_push_sends_exactly_the_model_files_and_a_fresh_card(trained_out, online
         "model.safetensors",
         "tokenizer.json",
         "tokenizer_config.json",
+        "generation_config.json",
         "metrics.jsonl",
         "loss.png",
+        "timeline.jsonl",
     }
-    assert set(api.sent) == sent_files | {"README.md", "onnx/model.onnx"}
+    assert set(api.sent) == sent_files | {"README.md", "onnx/model.onnx", "onnx/step.onnx", "onnx/explain.onnx"}
     for name in sent_files:
         assert api.sent[name] == before[name], name
     assert_onnx_is_the_model(api.sent["onnx/model.onnx"], load_model(trained_out))
@@ -296,6 +299,11 @@ def test_push_sends_exactly_the_model_files_and_a_fresh_card(trained_out, online
     )
     assert "![loss curve](loss.png)" in card
     assert load_model(trained_out).generate_text("\n", 300, temperature=0.8, seed=0) in card
+    # "How it learned": the timeline's first (step 0) and last rows, with their val loss, in the card's table
+    rows = [json.loads(line) for line in before["timeline.jsonl"].decode().splitlines()]
+    assert [r["step"] for r in rows] == [0, 10, 20]  # train_tiny: step 0 and its two evaluations
+    for r in (rows[0], rows[-1]):
+        assert f"| {r['step']:,} | {r['tokens']:,} | {r['val_loss']:.4f} | {table_cell(r['text'])} |" in card
     assert files_of(trained_out) == before  # resume.safetensors and the local README untouched
 
 
@@ -306,8 +314,11 @@ def assert_onnx_is_the_model(onnx_bytes: bytes, model):
     sess = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     idx = torch.arange(model.config.block_size).unsqueeze(0) % model.config.vocab_size
     c = model.config
-    empty = torch.zeros(0, c.n_layer, c.n_head, c.n_embd // c.n_head).numpy()
-    logits = sess.run(["logits"], {"input_ids": idx.numpy(), "past_key": empty, "past_value": empty})[0]
+    empty = torch.zeros(1, c.n_head, 0, c.n_embd // c.n_head).numpy()  # no past positions
+    feed = {"input_ids": idx.numpy(), "attention_mask": torch.ones_like(idx).numpy()}
+    feed["position_ids"] = torch.arange(c.block_size).unsqueeze(0).numpy()
+    feed |= {f"past_key_values.{i}.{kv}": empty for i in range(c.n_layer) for kv in ("key", "value")}
+    logits = sess.run(["logits"], feed)[0]
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(logits), model(idx)[0], atol=1e-4, rtol=0)
 
@@ -383,14 +394,20 @@ def test_deploy_sends_the_app_cpu_requirements_and_space_card(space_root, online
     assert set(api.sent) == {
         "app.py",
         "engine.py",
+        "decoders.py",
+        "export_onnx.py",
         "machine.py",
         "model_gpt2.py",
         "model_files.py",
+        "timeline_view.py",
+        "timeline.py",
+        "explain_view.py",
+        "explain.py",
         "requirements.txt",
         "README.md",
     }
     assert api.sent["app.py"] == (space_root / "app.py").read_bytes()
-    for name in ("engine.py", "machine.py", "model_gpt2.py", "model_files.py"):
+    for name in hub.SPACE_FILES[1:]:
         assert api.sent[name] == (ROOT / name).read_bytes()
 
     repo_reqs = (ROOT / "requirements.txt").read_text()
@@ -421,8 +438,9 @@ def test_deploy_static_sends_the_page_pointed_at_the_model(online):
     assert api.calls[0][1] == (SPACE,)
     assert api.calls[0][2] == {"repo_type": "space", "space_sdk": "static", "exist_ok": True, "private": False}
     assert api.calls[1][2]["repo_id"] == SPACE and api.calls[1][2]["repo_type"] == "space"
-    assert set(api.sent) == {"index.html", "app.js", "README.md"}
-    assert api.sent["app.js"] == (ROOT / "static" / "app.js").read_bytes()
+    assert set(api.sent) == {"index.html", "app.js", "timeline.js", "explain.js", "README.md"}
+    for name in ("app.js", "timeline.js", "explain.js"):
+        assert api.sent[name] == (ROOT / "static" / name).read_bytes()
     page = api.sent["index.html"].decode()
     model_url = f"{constants.ENDPOINT}/{REPO}/resolve/main/"
     assert f'<meta name="model-url" content="{model_url}">' in page  # the page loads the pushed model's files
@@ -444,7 +462,7 @@ def test_deploy_static_checks_ids_and_token_before_sending(online, monkeypatch, 
     with pytest.raises(HubError, match=rf"refused to write to {SPACE} \(HTTP 403\)"):
         hub.deploy_static_space(SPACE, REPO, token="hf_test", api=RecordingApi(http_error(403)))
     monkeypatch.setattr(hub, "STATIC_DIR", tmp_path)  # a checkout without the page
-    with pytest.raises(HubError, match="index.html and app.js not found"):
+    with pytest.raises(HubError, match="index.html and app.js and timeline.js and explain.js not found"):
         hub.deploy_static_space(SPACE, REPO, token="hf_test", api=api)
     assert api.calls == []
 
@@ -493,7 +511,7 @@ def test_the_files_deploy_sends_run_the_app_on_their_own(tmp_path, online, shake
 
 
 def test_deploy_without_app_py_says_so(monkeypatch, tmp_path, online):
-    for name in ("requirements.txt", "engine.py", "machine.py", "model_gpt2.py", "model_files.py"):
+    for name in ("requirements.txt", *(name for name in hub.SPACE_FILES if name != "app.py")):
         shutil.copy2(ROOT / name, tmp_path / name)
     monkeypatch.setattr(hub, "ROOT", tmp_path)
     api = RecordingApi()

@@ -84,6 +84,19 @@ def test_notebook_is_committed_clean(name):
     assert "google.colab" in code[0].source, f"{name}: the first code cell must set the repo up on Colab"
 
 
+def test_colab_setup_installs_only_what_a_notebook_names():
+    """setup("torch") installs nothing on Colab (it has torch); setup() all of requirements.txt Colab lacks."""
+    from colab_setup import colab_requirements
+
+    everything = colab_requirements()
+    gradio = [line for line in everything if line.startswith("gradio")]
+    assert len(gradio) == 1 and not any(line.startswith(("torch", "numpy")) for line in everything)
+    assert colab_requirements("torch") == []
+    assert colab_requirements("torch", "Gradio") == gradio
+    with pytest.raises(ValueError, match="not in requirements.txt: grado"):
+        colab_requirements("grado")
+
+
 # ---------------------------------------------------------------------------- executed notebooks
 
 

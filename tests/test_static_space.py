@@ -20,7 +20,7 @@ import torch
 from helpers import CHROMIUM, CHROMIUM_FLAGS, ROOT, free_port, make_tiny_model, require, server_process, train_tiny
 
 import hub
-from export_onnx import empty_cache, export_onnx
+from export_onnx import export_onnx, io_names
 from model_gpt2 import load_model
 
 ORT_VERSION = "1.30.0"
@@ -50,9 +50,20 @@ def session(path):
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def run(sess, ids, key, value):
-    logits, k, v = sess.run(None, {"input_ids": np.array([ids], dtype=np.int64), "past_key": key, "past_value": value})
-    return logits[0], np.concatenate([key, k]), np.concatenate([value, v])
+def empty_cache(model) -> list:
+    """past_key_values.* of no positions: (1, n_head, 0, head_dim) for each layer's keys and values."""
+    c = model.config
+    return [np.zeros((1, c.n_head, 0, c.n_embd // c.n_head), dtype=np.float32)] * (2 * c.n_layer)
+
+
+def run(sess, ids, past):
+    """One row through the standard graph: `ids` after the positions in `past`; (logits (T, vocab), present)."""
+    P, T = past[0].shape[2], len(ids)
+    feed = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, P + T), dtype=np.int64)}
+    feed["position_ids"] = np.arange(P, P + T, dtype=np.int64)[None]
+    feed |= dict(zip(io_names(len(past) // 2)[0][3:], past))
+    logits, *present = sess.run(None, feed)
+    return logits[0], present
 
 
 # ---------------------------------------------------------------------------- ONNX (onnxruntime, Python)
@@ -70,21 +81,94 @@ def test_onnx_logits_equal_pytorch_for_the_whole_context(tmp_path, shakespeare_v
     )
     with torch.no_grad():
         expected = model(ids)[0][0].numpy()  # (block_size, vocab)
-    empty = empty_cache(model).numpy()
-    prefill, key, value = run(sess, ids[0].tolist(), empty, empty)  # the whole context in one call
+    prefill, _ = run(sess, ids[0].tolist(), empty_cache(model))  # the whole context in one call
     np.testing.assert_allclose(prefill, expected, atol=1e-4, rtol=0)
-    key = value = empty  # and one position at a time, up to the last one the context has
+    past = empty_cache(model)  # and one position at a time, up to the last one the context has
     for t in range(model.config.block_size):
-        logits, key, value = run(sess, [ids[0, t].item()], key, value)
+        logits, past = run(sess, [ids[0, t].item()], past)
         np.testing.assert_allclose(logits[-1], expected[t], atol=1e-4, rtol=0)
+    assert [i.name for i in sess.get_inputs()] == io_names(model.config.n_layer)[0]  # Optimum's GPT-2 names
+
+
+def test_a_batch_of_rows_at_different_positions_equals_each_row_alone(tmp_path, shakespeare_vocab):
+    """What the app's onnx backend relies on: padded rows (attention_mask 0) and their own position_ids give
+    each row the logits it gets alone."""
+    model = make_tiny_model(shakespeare_vocab, seed=4).eval()
+    sess = session(export_onnx(model, tmp_path))
+    rows = [[5, 9, 3], [7, 1, 2, 8, 4, 6, 0], [11]]
+    alone = [run(sess, ids, empty_cache(model))[0][-1] for ids in rows]
+    T = max(map(len, rows))  # left-padded to the longest row
+    ids = np.array([[0] * (T - len(r)) + r for r in rows], dtype=np.int64)
+    mask = np.array([[0] * (T - len(r)) + [1] * len(r) for r in rows], dtype=np.int64)
+    positions = np.array([[0] * (T - len(r)) + list(range(len(r))) for r in rows], dtype=np.int64)
+    c = model.config
+    past = [np.zeros((3, c.n_head, 0, c.n_embd // c.n_head), dtype=np.float32)] * (2 * c.n_layer)
+    feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    batched = sess.run(["logits"], feed | dict(zip(io_names(c.n_layer)[0][3:], past)))[0][:, -1]
+    np.testing.assert_allclose(batched, np.stack(alone), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_explain_graph_equals_internals_and_holds_no_weights_of_its_own(tmp_path, shakespeare_vocab, bias):
+    """onnx/explain.onnx (the "Inside the model" views): logits, attention and the logit lens of GPT.internals,
+    with its weights read from model.onnx's own bytes (ONNX external data) instead of a second copy."""
+    model = make_tiny_model(shakespeare_vocab, seed=5, bias=bias).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    graph = export_onnx(model, tmp_path)
+    explain = tmp_path / "onnx" / "explain.onnx"
+    assert explain.stat().st_size < graph.stat().st_size / 4
+    sess = session(explain)  # ONNX Runtime reads the external data from model.onnx beside it
+    assert [o.name for o in sess.get_outputs()] == ["logits", "attention", "lens_logits"]
+    ids = torch.randint(
+        0, len(shakespeare_vocab), (2, model.config.block_size), generator=torch.Generator().manual_seed(1)
+    )
+    for window in (ids, ids[:1, :7]):  # a full context and a short window of one row
+        with torch.no_grad():
+            expected = model.internals(window)
+        got = sess.run(None, {"input_ids": window.numpy()})
+        for name, theirs, ours in zip(("logits", "attention", "lens_logits"), got, expected):
+            assert theirs.shape == tuple(ours.shape), name
+            np.testing.assert_allclose(theirs, ours.numpy(), atol=1e-4, rtol=0, err_msg=name)
+
+
+def test_page_step_graph_holds_no_weights_of_its_own_and_equals_the_standard_graph(tmp_path, shakespeare_vocab):
+    """onnx/step.onnx (the page's decode step: the cache positions outermost, only the new positions' keys and values
+    out) reads every weight from model.onnx's bytes, and gives model.onnx's logits, prefill and one step at a time."""
+    import onnx
+
+    model = make_tiny_model(shakespeare_vocab, seed=6).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    graph = export_onnx(model, tmp_path)
+    step_file = graph.with_name("step.onnx")
+    assert step_file.stat().st_size < 100_000 < graph.stat().st_size  # a few tens of KB: the graph alone
+    proto = onnx.load(str(step_file), load_external_data=False)
+    inside = [t.name for t in proto.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+    assert all(len(onnx.numpy_helper.to_array(t).tobytes()) < 1024 for t in proto.graph.initializer if t.name in inside)
+    assert {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"} == {"model.onnx"}
+    step = session(step_file)
+    assert [i.name for i in step.get_inputs()] == ["input_ids", "past_key", "past_value"]
+    c = model.config
+    ids = torch.randint(0, len(shakespeare_vocab), (c.block_size,), generator=torch.Generator().manual_seed(2)).tolist()
+    expected, _ = run(session(graph), ids, empty_cache(model))  # (block_size, vocab)
+    key = value = np.zeros((0, c.n_layer, c.n_head, c.n_embd // c.n_head), dtype=np.float32)
+    for start, end in [(0, 5), *((t, t + 1) for t in range(5, c.block_size))]:  # a prefill, then one at a time
+        feed = {"input_ids": np.array([ids[start:end]], dtype=np.int64), "past_key": key, "past_value": value}
+        logits, k, v = step.run(None, feed)
+        assert k.shape == v.shape == (end - start, c.n_layer, c.n_head, c.n_embd // c.n_head)
+        np.testing.assert_allclose(logits[0], expected[start:end], atol=1e-4, rtol=0)
+        key, value = np.concatenate([key, k]), np.concatenate([value, v])
 
 
 def onnx_greedy(sess, model, prompt, n):
     """The page's loop (static/app.js stream()) in Python: prefill, decode, slide the window past the context."""
     block = model.config.block_size
     shift, vocab, stoi = max(1, block // 4), model.tokenizer.vocab, model.tokenizer.stoi
-    context, empty = [stoi[ch] for ch in prompt][-block:], empty_cache(model).numpy()
-    logits, key, value = run(sess, context, empty, empty)
+    context = [stoi[ch] for ch in prompt][-block:]
+    logits, past = run(sess, context, empty_cache(model))
     text = prompt
     for i in range(n):
         nxt = int(logits[-1].argmax())
@@ -94,9 +178,9 @@ def onnx_greedy(sess, model, prompt, n):
         context.append(nxt)
         if len(context) > block:
             context = context[-(block - shift) :]
-            logits, key, value = run(sess, context, empty, empty)
+            logits, past = run(sess, context, empty_cache(model))
         else:
-            logits, key, value = run(sess, [nxt], key, value)
+            logits, past = run(sess, [nxt], past)
     return text
 
 
@@ -192,6 +276,8 @@ def preview(trained_dir, onnx_file):
 
 # records every text the page's status line shows (the download progress is gone by the time the model is ready)
 STATUS_LOG = """window.statusLog = [];
+window.generated = [];  // each gpt:generated event's text
+document.addEventListener("gpt:generated", (e) => window.generated.push(e.detail.text));
 document.addEventListener("DOMContentLoaded", () => {
   const status = document.getElementById("status");
   new MutationObserver(() => window.statusLog.push(status.textContent)).observe(status, {childList: true});
@@ -209,8 +295,26 @@ def generate(page, prompt, max_tokens, temperature, top_n):
     return page.locator("#output").text_content()
 
 
+# what an "Inside the model" view does with window.gptPage: open explain.onnx with model.onnx's bytes as its
+# external data (no second download of the weights) and run one window
+EXPLAIN_IN_THE_PAGE = """async (prompt) => {
+  const g = await window.gptPage.ready;
+  const explain = new Uint8Array(await (await fetch(g.baseUrl + "onnx/explain.onnx")).arrayBuffer());
+  const session = await g.ort.InferenceSession.create(explain, {
+    externalData: [{ path: "model.onnx", data: new Uint8Array(g.modelBytes) }],
+  });
+  const ids = Array.from(prompt, (ch) => g.stoi.get(ch));
+  const input = new g.ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [1, ids.length]);
+  const out = await session.run({ input_ids: input });
+  const result = { keys: Object.keys(g).sort(), baseUrl: g.baseUrl, modelBytes: g.modelBytes.byteLength,
+    vocab: g.vocab.join(""), n_layer: g.config.n_layer, outputs: session.outputNames };
+  for (const name of session.outputNames) result[name] = { dims: out[name].dims, data: Array.from(out[name].data) };
+  return result;
+}"""
+
+
 @pytest.mark.slow
-def test_the_page_generates_what_pytorch_generates(preview, trained_dir, tmp_path):
+def test_the_page_generates_what_pytorch_generates(preview, trained_dir, onnx_file, tmp_path):
     require(Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install chromium")
     require(ORT_LOCAL.is_dir(), "onnxruntime-web not installed: run bash tests/install_test_tools.sh")
     from playwright.sync_api import sync_playwright
@@ -224,6 +328,10 @@ def test_the_page_generates_what_pytorch_generates(preview, trained_dir, tmp_pat
             route_cdn_to_local_copy(page)
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            model_downloads = []  # the weights (model.onnx) and the page's decode step (step.onnx, the graph alone)
+            page.on("request", lambda r: model_downloads.append(r.url) if r.url.endswith(".onnx") else None)
+            explain_bytes = (onnx_file.parent / "explain.onnx").read_bytes()  # the preview serves model.onnx only
+            page.route(preview + "model/onnx/explain.onnx", lambda route: route.fulfill(status=200, body=explain_bytes))
             page.add_init_script(STATUS_LOG)
             page.goto(preview)
             page.wait_for_selector("#generate:enabled", timeout=120_000)  # the model has loaded
@@ -242,6 +350,20 @@ def test_the_page_generates_what_pytorch_generates(preview, trained_dir, tmp_pat
             )
 
             assert generate(page, PROMPT, N, 0, 0) == greedy  # greedy: character for character
+            assert page.evaluate("window.generated") == [greedy]  # gpt:generated, with prompt + text
+
+            # window.gptPage, for the views: explain.onnx runs on model.onnx's bytes, downloaded once
+            got = page.evaluate(EXPLAIN_IN_THE_PAGE, PROMPT)
+            assert got["keys"] == sorted(["ort", "session", "config", "vocab", "stoi", "modelBytes", "baseUrl"])
+            assert got["baseUrl"] == preview + "model/" and got["modelBytes"] == onnx_file.stat().st_size
+            assert got["vocab"] == model.tokenizer.vocab and got["n_layer"] == model.config.n_layer
+            assert got["outputs"] == ["logits", "attention", "lens_logits"]
+            with torch.no_grad():
+                expected = model.internals(model.encode_prompt(PROMPT))
+            for name, ours in zip(got["outputs"], expected):
+                assert got[name]["dims"] == list(ours.shape), name
+                np.testing.assert_allclose(np.array(got[name]["data"]), ours.numpy().ravel(), atol=1e-4, err_msg=name)
+            assert sorted(model_downloads) == [preview + f"model/onnx/{f}.onnx" for f in ("explain", "model", "step")]
             assert generate(page, PROMPT, N, 0.7, 1) == greedy  # top N = 1 leaves only the likeliest
             page.screenshot(path=tmp_path / "static_space.png", full_page=True)
             if os.environ.get("SAVE_SCREENSHOT"):
@@ -283,6 +405,7 @@ def test_the_page_runs_only_hub_models_and_names_its_source(preview, trained_dir
     config = json.loads((trained_dir / "config.json").read_text())
     config["train_info"].update(tokens_seen="lots", val_loss_full=float("nan"), val_loss="1.5")
     repo_files = {"config.json": json.dumps(config).encode(), "onnx/model.onnx": onnx_file.read_bytes()}  # NaN too
+    repo_files["onnx/step.onnx"] = onnx_file.with_name("step.onnx").read_bytes()
     hub_url = "https://huggingface.co/testorg/tiny-gpt/resolve/main/"
 
     def from_the_hub(route):

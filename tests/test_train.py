@@ -192,10 +192,12 @@ def test_short_cpu_run_learns_and_saves_the_best_model(short_run):
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md",
         "config.json",
+        "generation_config.json",
         "loss.png",
         "metrics.jsonl",
         "model.safetensors",
         "resume.safetensors",
+        "timeline.jsonl",
         "tokenizer.json",
         "tokenizer_config.json",
     ]
@@ -244,6 +246,14 @@ def test_kill_and_resume_equals_an_uninterrupted_run(prepared_data, tmp_path):
         return [(r["step"], r["train_loss"], r.get("val_loss")) for r in recs]
 
     assert losses(killed) == losses(whole)
+
+    # and so does timeline.jsonl: each step once, its sample and losses as the uninterrupted run's (not the seconds)
+    def timeline(out):
+        rows = [json.loads(line) for line in (out / "timeline.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert [r["step"] for r in timeline(killed)] == list(range(0, 401, 40))
+    assert timeline(killed) == timeline(whole)
 
 
 @pytest.mark.slow
@@ -521,3 +531,30 @@ def test_cuda_amp_fused_adamw_compile_and_resume(prepared_data, tmp_path, dtype)
     assert bool(meta["scaler"]) == (dtype == "float16")  # the scale an fp16 run had reached is kept
     model = make_tiny_model("abcd").cuda()
     assert model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cuda").defaults["fused"] is True
+
+
+def test_a_budget_spent_between_evaluations_still_scores_and_saves_the_last_step(prepared_data, tmp_path, monkeypatch):
+    """A machine that slows down past --max-seconds mid-run (one step takes the rest of the budget): the run
+    stops, and its last step is evaluated and saved like any other end of a run."""
+    out = tmp_path / "out"
+    cfg = config_from_preset(
+        "cpu",
+        data_dir=str(prepared_data),
+        out_dir=str(out),
+        **TINY,
+        max_iters=10_000,
+        eval_interval=5_000,
+        max_seconds=1.5,
+    )
+    real, count = tg.train_step, {"n": 0}
+
+    def slow_once(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == 15:
+            time.sleep(2.0)  # past the budget in one step
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tg, "train_step", slow_once)
+    summary = tg.train(cfg, progress=False)
+    assert summary["steps"] == 15
+    assert load_model(out).train_info["step"] == 15

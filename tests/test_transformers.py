@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import make_tiny_model, train_tiny
+from helpers import ROOT, make_tiny_model, require, train_tiny
 from safetensors.torch import load_file, save_model
 from transformers import AutoTokenizer, GPT2LMHeadModel, pipeline
 
@@ -84,9 +84,25 @@ def test_autotokenizer_matches_char_tokenizer_on_the_whole_validation_text(tiny_
     assert ids == ours.encode(val)
     assert tok.decode(ids) == val  # byte for byte: newlines and runs of spaces included
     assert len(tok) == len(ours) == 65
-    # a character outside the vocabulary is left out; nothing else moves, no token is added
-    assert tok("ROMEO: ☃ hi")["input_ids"] == ours.encode("ROMEO:  hi") == ours.encode("ROMEO: ☃ hi", errors="drop")
+    # a character outside the vocabulary is the unknown token, a space (the app leaves it out); no token is added
+    assert tok("ROMEO: ☃ hi")["input_ids"] == ours.encode("ROMEO:   hi")
     assert len(tok) == 65
+
+
+def test_a_vocabulary_of_over_10000_characters_saves_and_round_trips_in_transformers(tmp_path):
+    """Any vocabulary prepare.py accepts: 12,000 characters (CJK, emoji, controls) save and tokenize exactly. The
+    tokenizer used to be built with a character class of the whole vocabulary, which Oniguruma refused past
+    10,000 characters ("too many multibyte code ranges") and JavaScript's regular expressions refused at all."""
+    base = "\t\n\r !abcXYZ😀🙂"  # controls, a space, ASCII, characters outside the Basic Multilingual Plane
+    vocab = base + "".join(chr(0x4E00 + i) for i in range(12_000 - len(base)))  # and CJK ideographs
+    assert len(vocab) == 12_000
+    model = make_tiny_model(vocab)
+    model.save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    text = "".join(vocab[(i * 7919) % len(vocab)] for i in range(5000)) + "\r\n\t  😀" + vocab[-1]
+    ids = tok(text)["input_ids"]
+    assert ids == model.tokenizer.encode(text) and tok.decode(ids) == text and len(tok) == 12_000
+    assert "normalizer" not in tok.backend_tokenizer.to_str() or '"normalizer":null' in tok.backend_tokenizer.to_str()
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +119,50 @@ def test_pipeline_greedy_text_equals_generate_text(trained_long_context):
     expected = load_model(trained_long_context).generate_text("ROMEO:", 200, temperature=0)
     assert len(expected) == 206
     assert text == expected
+
+
+TRANSFORMERS_JS = ROOT / ".npm-test" / "node_modules" / "@huggingface" / "transformers"
+# transformers.js in Node, from the copy tests/install_test_tools.sh installs: its greedy text and the graph's I/O
+GREEDY_JS = """
+const path = require("path");
+const [npmDir, modelsDir, name, prompt, n] = process.argv.slice(2);
+const load = require("module").createRequire(path.join(npmDir, "node_modules", "here.js"));
+(async () => {
+  const { env, pipeline } = load("@huggingface/transformers");
+  env.allowRemoteModels = false;  // the folder only: nothing from the network
+  env.localModelPath = modelsDir;
+  const generate = await pipeline("text-generation", name, { dtype: "fp32" });
+  const out = await generate(prompt, { max_new_tokens: Number(n), do_sample: false });
+  const session = generate.model.sessions.model;
+  const io = { inputs: session.inputNames, outputs: session.outputNames };
+  console.log(JSON.stringify({ text: out[0].generated_text, ...io }));
+})().catch((e) => { console.error(e.stack || String(e)); process.exit(1); });
+"""
+
+
+@pytest.mark.slow
+def test_transformers_js_pipeline_greedy_text_equals_generate_text(trained_long_context, tmp_path):
+    """A new user's first try in JavaScript: transformers.js's pipeline("text-generation", folder) reads our
+    tokenizer.json and onnx/model.onnx (Optimum's GPT-2 layout) and writes, greedily, our very text."""
+    import shutil
+    import subprocess
+
+    require(shutil.which("node") is not None, "node missing: apt-get install nodejs")
+    require(TRANSFORMERS_JS.is_dir(), "transformers.js not installed: run bash tests/install_test_tools.sh")
+    from export_onnx import export_onnx, io_names
+
+    folder = tmp_path / "models" / "tiny-gpt"
+    shutil.copytree(trained_long_context, folder)
+    model = load_model(folder)
+    export_onnx(model, folder)
+    (tmp_path / "greedy.cjs").write_text(GREEDY_JS)
+    args = ["node", str(tmp_path / "greedy.cjs"), str(ROOT / ".npm-test"), str(tmp_path / "models"), "tiny-gpt"]
+    proc = subprocess.run([*args, "ROMEO:", "200"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (out["inputs"], out["outputs"]) == io_names(model.config.n_layer)  # the names it expects of a GPT-2
+    expected = model.generate_text("ROMEO:", 200, temperature=0)
+    assert len(expected) == 206 and out["text"] == expected
 
 
 def test_a_folder_of_the_older_layout_loads_and_converts(tmp_path, shakespeare_vocab, capsys):
@@ -161,3 +221,22 @@ def test_invalid_json_names_the_file(tmp_path, tiny_model_dir):
     (tmp_path / "config.json").write_text('{"model_type": "gpt2",')
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
         load_model(tmp_path)
+
+
+@pytest.mark.slow
+def test_pipeline_stops_at_the_context_and_starts_an_empty_prompt(trained_long_context):
+    """generation_config.json: max_length = the context, bos_token_id = our start character. An explicit
+    max_new_tokens past the context still goes past it, and transformers then raises IndexError (wpe has
+    n_positions rows): what the docs say."""
+    folder = trained_long_context
+    model = load_model(folder)
+    block = model.config.block_size
+    generate = pipeline("text-generation", model=str(folder), device="cpu")
+    text = generate("ROMEO:", do_sample=False)[0]["generated_text"]
+    assert len(text) == block  # the prompt and its continuation fill the context, then it stops
+    assert text == model.generate_text("ROMEO:", block - len("ROMEO:"), temperature=0)
+    empty = generate("", do_sample=False)[0]["generated_text"]
+    start = model.tokenizer.start_text
+    assert empty == model.generate_text(start, block - 1, temperature=0)
+    with pytest.raises(IndexError):
+        generate("ROMEO:", max_new_tokens=block, do_sample=False)
