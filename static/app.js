@@ -152,8 +152,8 @@ async function load() {
   showFacts(c, block);
   const vocab = Array.from(c.vocab);
   const stepBytes = fetch(MODEL_URL + "onnx/step.onnx").then(async (r) => {
-    if (!r.ok) throw new Error(`${MODEL_URL}onnx/step.onnx answered HTTP ${r.status} (a repo pushed before the page ` +
-      "had its own decode step: push the model again with hub.py)");
+    if (r.status === 404) return null; // a repo pushed by an earlier release: its model.onnx is this step's graph
+    if (!r.ok) throw new Error(`${MODEL_URL}onnx/step.onnx answered HTTP ${r.status}`);
     return new Uint8Array(await r.arrayBuffer());
   });
   stepBytes.catch(() => {}); // awaited below, after model.onnx: a failure is thrown there
@@ -169,9 +169,13 @@ async function load() {
   if (params.get("threads")) ort.env.wasm.numThreads = Number(params.get("threads"));
   if (!self.crossOriginIsolated) ort.env.wasm.numThreads = 1;
   // step.onnx's weights are external data at their offsets in model.onnx: the bytes downloaded above, not fetched again
-  const session = await ort.InferenceSession.create(await stepBytes, {
-    executionProviders: ["wasm"], graphOptimizationLevel: "all", externalData: [{ path: "model.onnx", data: bytes }],
-  });
+  const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
+  const step = await stepBytes;
+  const session = step
+    ? await ort.InferenceSession.create(step, { ...options, externalData: [{ path: "model.onnx", data: bytes }] })
+    : await ort.InferenceSession.create(bytes, options);
+  if (!session.inputNames.includes("past_key"))
+    throw new Error(`${MODEL_URL}onnx/step.onnx is missing: push the model again with hub.py`);
   model = {
     session, vocab, block, stoi: new Map(vocab.map((ch, i) => [ch, i])),
     layers: c.n_layer, heads: c.n_head, headDim: c.n_embd / c.n_head,

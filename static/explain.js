@@ -90,6 +90,8 @@
   async function open() {
     const page = await window.gptPage.ready;
     const res = await fetch(page.baseUrl + "onnx/explain.onnx");
+    if (res.status === 404) throw new Error(`${page.baseUrl} has no onnx/explain.onnx (a model pushed by an earlier ` +
+      "release): push it again with `python hub.py push` to see inside it");
     if (!res.ok) throw new Error(`${page.baseUrl}onnx/explain.onnx answered HTTP ${res.status}`);
     const bytes = new Uint8Array(await res.arrayBuffer());
     const session = await page.ort.InferenceSession.create(bytes, {

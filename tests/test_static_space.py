@@ -392,6 +392,36 @@ def test_the_page_generates_what_pytorch_generates(preview, trained_dir, onnx_fi
 
 
 @pytest.mark.slow
+def test_a_repo_pushed_by_the_earlier_release_still_generates(trained_dir, onnx_file, tmp_path):
+    """Before step.onnx, a repo's onnx/model.onnx was the page's step graph itself, weights inside (and there was no
+    explain.onnx): the page runs it, and greedy text is still PyTorch's."""
+    require(Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install chromium")
+    require(ORT_LOCAL.is_dir(), "onnxruntime-web not installed: run bash tests/install_test_tools.sh")
+    import onnx
+    from playwright.sync_api import sync_playwright
+
+    earlier = tmp_path / "onnx" / "model.onnx"
+    earlier.parent.mkdir()
+    onnx.save(onnx.load(str(onnx_file.with_name("step.onnx"))), str(earlier))  # weights read in: one whole file
+    server = hub.preview_server(trained_dir, earlier, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            page = browser.new_page()
+            route_cdn_to_local_copy(page)
+            page.goto(f"http://127.0.0.1:{server.server_port}/")
+            page.wait_for_selector("#generate:enabled", timeout=120_000)
+            assert generate(page, PROMPT, N, 0, 0) == load_model(trained_dir).generate_text(PROMPT, N, temperature=0)
+            page.locator("#inside summary").click()  # no explain.onnx in such a repo: the view says what to do
+            page.locator("#inside-error").get_by_text("push it again with `python hub.py push`").wait_for()
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow
 def test_the_page_runs_only_hub_models_and_names_its_source(preview, trained_dir, onnx_file):
     """?model= may name only a model repo on the Hub (ORG/NAME, or its resolve/main/ URL): any other address is
     refused on the page, with nothing fetched from it. The page links the repo it runs, and shows a training
