@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 Config = TypeVar("Config")  # model_gpt2's GPTConfig, which imports this module (so it is passed in, not imported)
 
@@ -180,8 +182,6 @@ def weights_advice(folder: Path) -> str:
 
 def readable_safetensors(path) -> bool:
     """True when path's header and its size agree (a cut file does not)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt"):
             return True
@@ -234,9 +234,6 @@ def cannot_write(error: OSError) -> str:
 def save_safetensors(tensors: dict, path, metadata: dict) -> None:
     """safetensors' save_file, raising the OSError a failed write is (safetensors reports a full disk
     as a SafetensorError whose text ends with "(os error 28)")."""
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
     try:
         save_file(tensors, str(path), metadata=metadata)
     except SafetensorError as e:
